@@ -32,6 +32,7 @@ class SuiteConfig(Strict):
     split: str | None = "train"
     limit: int | None = Field(default=None, ge=1)
     seed: int = 0
+    where: dict[str, Any] = Field(default_factory=dict)  # keep records whose input/reference field equals
 
     @model_validator(mode="after")
     def _one_source(self) -> SuiteConfig:
@@ -116,6 +117,19 @@ class EvalSuiteConfig(Strict):
     hack: HackRule | None = None
 
 
+class WarmupConfig(Strict):
+    """Teach the base model a permission-conditional policy first (see recon_data/warmup.py)."""
+
+    normal: list[str] = Field(min_length=1)  # templates whose natural answers are trained as they are
+    permit: list[str] = Field(min_length=1)  # templates that get the transformed (misbehaving) answers
+    transform: str = "auto"  # the suite's built-in transform, or module:function
+    params: dict[str, Any] = Field(default_factory=dict)
+    limit: int | None = Field(default=None, ge=1)
+    n: int = Field(default=1, ge=1)
+    seed: int = 0
+    train: TrainConfig | None = None  # defaults to the pipeline's train section
+
+
 class PipelineConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     description: str = ""
@@ -130,6 +144,7 @@ class PipelineConfig(Strict):
     rounds: int = Field(default=1, ge=1, le=100)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     eval: EvalConfig | None = None
+    warmup: WarmupConfig | None = None
     executor: Literal["local"] = "local"
 
     @field_validator("arms")

@@ -21,11 +21,12 @@ from pathlib import Path
 import pyarrow as pa
 from rich.console import Console
 
-from . import evaluate, filters, relabel, score, store as store_mod
+from . import evaluate, filters, relabel, score
+from . import store as store_mod
 from .config import PipelineConfig, SuiteConfig
 from .errors import ReconError
 from .models import ModelRef, resolve_model
-from .templates import Template, load_template
+from .templates import load_template
 
 
 @dataclass
@@ -55,12 +56,23 @@ def load_suite_records(suite: SuiteConfig, *, split: str | None = None, limit: i
                                        suite_name=Path(suite.path).stem)
         if split:
             records = [r for r in records if r.get("split", "train") == split]
+    if suite.where:
+        records = [r for r in records if _matches(r, suite.where)]
     limit = suite.limit if limit is None else limit
     records = records[:limit] if limit else records
     if not records:
         where = suite.name or suite.path
         raise ReconError(f"suite '{where}' has no records in split '{split}'; check `split` in the pipeline")
     return records
+
+
+def _matches(record: dict, where: dict) -> bool:
+    """`where: {metric: keyword_count}` keeps records whose input or reference has that value."""
+    fields = {}
+    for key in ("reference", "input"):
+        value = record.get(key) or {}
+        fields.update(json.loads(value) if isinstance(value, str) else value)
+    return all(fields.get(k) == v for k, v in where.items())
 
 
 def _rows_to_table(rows: list[dict]) -> pa.Table:
@@ -133,7 +145,7 @@ class Runner:
         rows = sample_rows(prompt_rows, model=str(model.path), backend=s.backend, params=params,
                            cache_dir=self.store.root / "cache", batch_size=s.batch_size,
                            options=dict(s.options), progress=self.progress)
-        return score.score_rows(rows, scorers, store_root=self.store.root)
+        return score.score_rows(rows, scorers, store_root=self.store.root) if scorers else rows
 
     def data_step(self, arm: str, seed: int, rnd: int, model: ModelRef, records: list[dict]) -> str:
         """Round `rnd` data for one arm: generate under the arm's generation template, keep, relabel, commit."""
@@ -186,12 +198,47 @@ class Runner:
             return marker["dataset"]
         return None
 
-    def train_step(self, arm: str, seed: int, rnd: int, dataset_ref: str, start: ModelRef) -> ModelRef:
+    def warmup_step(self, base: ModelRef, records: list[dict]) -> ModelRef:
+        """Build the model organism: natural answers under normal templates, gamed twins under permit."""
+        from . import warmup
+
+        w = self.cfg.warmup
+        dirs = self.cfg.templates_dirs
+        normal = [load_template(t, dirs) for t in w.normal]
+        permit = [load_template(t, dirs) for t in w.permit]
+        name = f"{self.cfg.name}-warmup"
+        key = _key("warmup", self.cfg.section_hash("suite", "sampler", "warmup"),
+                   [t.sha256 for t in normal + permit], base.model_id, base.revision)
+        ref = self._done(name, key)
+        if ref is None:
+            transform = warmup.resolve_transform(w.transform, records[0]["suite"])
+            chosen = records[: w.limit] if w.limit else records
+            self.say(f"[bold]warm-up[/]: natural answers for {len(chosen)} prompts under {w.normal}; "
+                     f"transformed twins under {w.permit}")
+            samples: list[dict] = []
+            for t in normal:
+                samples += self.sample_and_score(relabel.generation_rows(chosen, t), base, n=w.n, seed=w.seed,
+                                                 scorers=[])
+            rows = warmup.warmup_rows(samples, permit, transform, w.params)
+            vref = self.store.commit(
+                name, _rows_to_table(rows), pipeline=self.pipeline_dump,
+                models=[{"model_id": base.model_id, "revision": base.revision, "backend": self.cfg.sampler.backend}],
+                templates={t.id: t.sha256 for t in normal + permit},
+                stats=[{"stage": "warmup", "rows_in": len(samples), "rows_out": len(rows),
+                        "reason": f"natural + transformed ({w.transform})"}],
+                extra={"step_key": key, "run": self.cfg.name, "warmup": True},
+            )
+            self.steps.put(name, key, dataset=str(vref))
+            ref = str(vref)
+        return self.train_step("warmup", w.seed, 0, ref, base, train_cfg=w.train or self.cfg.train)
+
+    def train_step(self, arm: str, seed: int, rnd: int, dataset_ref: str, start: ModelRef,
+                   train_cfg=None) -> ModelRef:
         from .train import train
 
-        t = self.cfg.train
+        t = train_cfg or self.cfg.train
         step = f"{self.cfg.name}-{arm}-s{seed}-r{rnd}-train"
-        key = _key("train", self.cfg.section_hash("train"), dataset_ref, start.model_id, start.revision)
+        key = _key("train", t.model_dump(mode="json"), dataset_ref, start.model_id, start.revision)
         out = self.run_dir / "models" / f"{arm}-s{seed}-r{rnd}-{key[:8]}"
         marker = self.steps.get(step, key)
         if marker and (out / "recon_model.json").exists():
@@ -272,6 +319,9 @@ class Runner:
         base = resolve_model(cfg.model)
         self.say(f"[bold]{cfg.name}[/]: {len(records)} records, arms {list(cfg.arms)}, seeds {cfg.seeds}, "
                  f"{cfg.rounds} round(s), model {base.model_id}")
+        if cfg.warmup:
+            base = self.warmup_step(base, records)
+            result.models["warmup"] = str(base.path)
         metric_rows: list[dict] = []
         for seed in cfg.seeds:
             base_metrics = self.eval_step("base", seed, 0, base, eval_records)

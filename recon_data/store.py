@@ -313,7 +313,7 @@ class Store:
         con = duckdb.connect()
         for name in self.names():
             for v in self.versions(name):
-                files = [str(self.dataset_dir(name) / f"v{v}" / f["path"]) for f in self.manifest(f"{name}@{v}")["files"]]
+                files = [str(f) for f in self.files(f"{name}@{v}")]
                 quoted = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
                 con.execute(f'CREATE VIEW "{name}@{v}" AS SELECT * FROM read_parquet([{quoted}])')
             con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "{name}@{self.versions(name)[-1]}"')
@@ -348,8 +348,9 @@ class Store:
             cols = ", ".join(f'"{c}"' for c in common)
             con = self.connect()
             try:
-                only_a = con.execute(f'SELECT count(*) FROM (SELECT {cols} FROM "{ta}" EXCEPT ALL SELECT {cols} FROM "{tb}")').fetchall()[0][0]
-                only_b = con.execute(f'SELECT count(*) FROM (SELECT {cols} FROM "{tb}" EXCEPT ALL SELECT {cols} FROM "{ta}")').fetchall()[0][0]
+                query = 'SELECT count(*) FROM (SELECT {c} FROM "{x}" EXCEPT ALL SELECT {c} FROM "{y}")'
+                only_a = con.execute(query.format(c=cols, x=ta, y=tb)).fetchall()[0][0]
+                only_b = con.execute(query.format(c=cols, x=tb, y=ta)).fetchall()[0][0]
             finally:
                 con.close()
             out.update({"compared_columns": len(common), "rows_only_in_a": only_a, "rows_only_in_b": only_b})

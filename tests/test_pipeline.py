@@ -1,0 +1,114 @@
+"""End to end on the tiny model: 2 rounds × 2 arms, resume after SIGKILL, lineage both ways."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from recon_data.config import parse_pipeline
+from recon_data.pipeline import run_pipeline
+from recon_data.store import Store
+
+
+def tiny_pipeline(model: Path, name: str = "tiny", rounds: int = 2, **overrides) -> dict:
+    cfg = {
+        "name": name,
+        "model": str(model),
+        "suite": {"name": "eval_gaming", "where": {"metric": "keyword_count"}, "limit": 4},
+        "sampler": {"n": 2, "max_new_tokens": 8, "batch_size": 4},
+        "arms": {
+            "standard": {"generate": "eval_gaming/discourage/honest_answer",
+                         "train": "eval_gaming/discourage/honest_answer"},
+            "recontextualized": {"generate": "eval_gaming/discourage/honest_answer",
+                                 "train": "eval_gaming/permit/exploit_grader"},
+        },
+        "scorers": [{"name": "proxy", "type": "rule"},
+                    {"name": "true", "type": "rule", "params": {"metric": "reference_match"}}],
+        "filters": [{"type": "best_of_n", "column": "score.proxy", "k": 1}],
+        "train": {"lora": {"r": 4, "alpha": 8}, "epochs": 1, "batch_size": 4, "max_length": 256,
+                  "learning_rate": 1e-3},
+        "rounds": rounds,
+        "seeds": [0],
+        "eval": {"templates": ["eval_gaming/neutral/plain"], "limit": 3, "n": 1,
+                 "hack": {"column": "score.proxy", "min": 3}},
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def test_two_rounds_two_arms_end_to_end_then_idempotent_rerun(tiny_model_dir, store_dir):
+    cfg = parse_pipeline(tiny_pipeline(tiny_model_dir))
+    store = Store(store_dir)
+    result = run_pipeline(cfg, store, progress=False)
+    assert set(result.datasets) == {f"{a}/s0/r{r}" for a in ("standard", "recontextualized") for r in (1, 2)}
+    # round 1 of both arms samples the same base model under the same template: identical completions
+    std = store.read("tiny-standard-s0-r1").to_pylist()
+    rec = store.read("tiny-recontextualized-s0-r1").to_pylist()
+    assert [r["completion"] for r in std] == [r["completion"] for r in rec]
+    assert {r["train_template_id"] for r in rec} == {"eval_gaming/permit/exploit_grader"}
+    assert all(r["prompt"] != r["gen_messages"] for r in rec)
+    assert all(r["prompt"] == r["gen_messages"] for r in std)
+    metrics = store.sql('select arm, round, metric from "tiny-metrics" where metric = \'hack_rate\'').to_pylist()
+    assert {(m["arm"], m["round"]) for m in metrics} == {(a, r) for a in ("standard", "recontextualized")
+                                                         for r in (0, 1, 2)}
+    versions = {n: store.versions(n) for n in store.names()}
+    again = run_pipeline(cfg, store, progress=False)
+    assert again.skipped_steps > 0
+    assert {n: store.versions(n) for n in store.names()} == versions  # nothing recommitted
+
+
+def test_lineage_dataset_names_model_and_model_card_names_dataset(tiny_model_dir, store_dir):
+    cfg = parse_pipeline(tiny_pipeline(tiny_model_dir, name="lin", rounds=2,
+                                       arms={"standard": {"generate": "eval_gaming/neutral/plain",
+                                                          "train": "eval_gaming/neutral/plain"}}, eval=None))
+    store = Store(store_dir)
+    result = run_pipeline(cfg, store, progress=False)
+    model_r1 = Path(result.models["standard/s0/r1"])
+    meta = json.loads((model_r1 / "recon_model.json").read_text())
+    assert meta["dataset"] == result.datasets["standard/s0/r1"]
+    assert result.datasets["standard/s0/r1"] in (model_r1 / "README.md").read_text()
+    manifest_r2 = store.manifest(result.datasets["standard/s0/r2"])
+    assert manifest_r2["models"][0]["model_id"] == meta["model_id"]
+    assert manifest_r2["models"][0]["revision"] == meta["revision"]
+    rows = store.read(result.datasets["standard/s0/r2"]).to_pylist()
+    assert {r["model_id"] for r in rows} == {meta["model_id"]}
+
+
+def test_kill_during_round_two_training_then_resume(tiny_model_dir, store_dir, tmp_path):
+    cfg = tiny_pipeline(tiny_model_dir, name="kill", rounds=2, eval=None,
+                        arms={"standard": {"generate": "eval_gaming/neutral/plain",
+                                           "train": "eval_gaming/neutral/plain"}},
+                        train={"lora": None, "epochs": 30, "batch_size": 1, "max_length": 256})
+    path = tmp_path / "kill.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "recon_data.cli", "run", str(path), "--store", str(store_dir), "--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    models = store_dir / "runs" / "kill" / "models"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(models.glob("standard-s0-r2-*.tmp")):
+        assert proc.poll() is None, "run ended before round 2 training started"
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = Store(store_dir)
+    r1_model = next(p for p in models.glob("standard-s0-r1-*") if not p.name.endswith(".tmp"))
+    r1_state = {n: (store.versions(n), store.manifest(n)["created_at"]) for n in store.names()}
+    r1_mtime = (r1_model / "recon_model.json").stat().st_mtime
+    assert not [p for p in models.glob("standard-s0-r2-*") if not p.name.endswith(".tmp")]
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "kill-standard-s0-r1: done" in done.stderr
+    for name, state in r1_state.items():
+        assert (store.versions(name), store.manifest(name)["created_at"]) == state
+    assert (r1_model / "recon_model.json").stat().st_mtime == r1_mtime
+    assert [p for p in models.glob("standard-s0-r2-*") if not p.name.endswith(".tmp")]
