@@ -26,7 +26,7 @@ from . import store as store_mod
 from .config import PipelineConfig, SuiteConfig
 from .errors import ReconError
 from .models import ModelRef, resolve_model
-from .templates import load_template
+from .templates import Template, load_template
 
 
 @dataclass
@@ -129,7 +129,7 @@ class Runner:
         self.skipped = 0
 
     def say(self, msg: str) -> None:
-        self.console.print(msg, highlight=False)
+        self.console.print(msg, highlight=False, soft_wrap=True)
 
     # ---- steps -----------------------------------------------------------------------------------
     def sample_and_score(self, prompt_rows: list[dict], model: ModelRef, *, n: int, seed: int,
@@ -259,20 +259,22 @@ class Runner:
         self.steps.put(step, key, model=str(path))
         return resolve_model(str(path))
 
-    def eval_step(self, label: str, seed: int, rnd: int, model: ModelRef, eval_records: list[dict]) -> list[dict]:
+    def eval_step(self, label: str, seed: int, rnd: int, model: ModelRef, eval_records: list[dict],
+                  templates: list[Template] | None = None) -> list[dict]:
         """Sample under each eval template on the eval split; commit scored rows; return metric rows."""
         ev = self.cfg.eval
         if ev is None:
             return []
+        templates = templates or self.eval_templates
         name = f"{self.cfg.name}-eval-{label}-s{seed}-r{rnd}"
         key = _key("eval", self.cfg.section_hash("suite", "sampler", "scorers", "eval"), seed,
-                   model.model_id, model.revision)
+                   model.model_id, model.revision, [t.sha256 for t in templates])
         ref = self._done(name, key)
         if ref is None:
             self.say(f"  evaluating {model.model_id} ({label}, round {rnd}) on {len(eval_records)} eval prompts")
             scorers = [s.model_dump() for s in (ev.scorers or self.cfg.scorers)]
             rows: list[dict] = []
-            for t in self.eval_templates:
+            for t in templates:
                 rows += self.sample_and_score(relabel.generation_rows(eval_records, t), model, n=ev.n, seed=seed,
                                               scorers=scorers, max_new_tokens=ev.max_new_tokens,
                                               temperature=ev.temperature)
@@ -288,7 +290,7 @@ class Runner:
             vref = self.store.commit(
                 name, _rows_to_table(rows), pipeline=self.pipeline_dump,
                 models=[{"model_id": model.model_id, "revision": model.revision, "backend": self.cfg.sampler.backend}],
-                templates={t.id: t.sha256 for t in self.eval_templates},
+                templates={t.id: t.sha256 for t in templates},
                 extra={"step_key": key, "run": self.cfg.name, "arm": label, "seed": seed, "round": rnd},
             )
             self.steps.put(name, key, dataset=str(vref))
@@ -319,10 +321,18 @@ class Runner:
         base = resolve_model(cfg.model)
         self.say(f"[bold]{cfg.name}[/]: {len(records)} records, arms {list(cfg.arms)}, seeds {cfg.seeds}, "
                  f"{cfg.rounds} round(s), model {base.model_id}")
-        if cfg.warmup:
-            base = self.warmup_step(base, records)
-            result.models["warmup"] = str(base.path)
         metric_rows: list[dict] = []
+        if cfg.warmup:
+            organism = self.warmup_step(base, records)
+            result.models["warmup"] = str(organism.path)
+            # Does the organism read permissions? Evaluate base and organism under normal and permit templates.
+            dirs = cfg.templates_dirs
+            check = [load_template(t, dirs) for t in dict.fromkeys(
+                [*(cfg.eval.templates if cfg.eval else []), *cfg.warmup.normal, *cfg.warmup.permit])]
+            for label, model in (("warmup-before", base), ("warmup-after", organism)):
+                metric_rows += [{**m, "arm": label}
+                                for m in self.eval_step(label, cfg.warmup.seed, 0, model, eval_records, check)]
+            base = organism
         for seed in cfg.seeds:
             base_metrics = self.eval_step("base", seed, 0, base, eval_records)
             for arm in cfg.arms:

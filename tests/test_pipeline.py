@@ -30,9 +30,9 @@ def tiny_pipeline(model: Path, name: str = "tiny", rounds: int = 2, **overrides)
                                  "train": "eval_gaming/permit/exploit_grader"},
         },
         "scorers": [{"name": "proxy", "type": "rule"},
-                    {"name": "true", "type": "rule", "params": {"metric": "reference_match"}}],
+                    {"name": "correct", "type": "rule", "params": {"metric": "reference_match"}}],
         "filters": [{"type": "best_of_n", "column": "score.proxy", "k": 1}],
-        "train": {"lora": {"r": 4, "alpha": 8}, "epochs": 1, "batch_size": 4, "max_length": 256,
+        "train": {"lora": {"r": 4, "alpha": 8}, "epochs": 1, "batch_size": 4, "max_length": 1024,
                   "learning_rate": 1e-3},
         "rounds": rounds,
         "seeds": [0],
@@ -85,7 +85,7 @@ def test_kill_during_round_two_training_then_resume(tiny_model_dir, store_dir, t
     cfg = tiny_pipeline(tiny_model_dir, name="kill", rounds=2, eval=None,
                         arms={"standard": {"generate": "eval_gaming/neutral/plain",
                                            "train": "eval_gaming/neutral/plain"}},
-                        train={"lora": None, "epochs": 30, "batch_size": 1, "max_length": 256})
+                        train={"lora": None, "epochs": 12, "batch_size": 1, "max_length": 1024})
     path = tmp_path / "kill.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "recon_data.cli", "run", str(path), "--store", str(store_dir), "--no-progress"]
