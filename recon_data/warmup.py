@@ -20,8 +20,8 @@ import re
 from collections.abc import Callable
 
 from .errors import ReconError
-from .relabel import _variables
-from .templates import Template, render
+from .relabel import render_inputs
+from .templates import Template
 
 
 def _ref(row: dict) -> dict:
@@ -114,12 +114,13 @@ def warmup_rows(samples: list[dict], permit_templates: list[Template], transform
                 params: dict) -> list[dict]:
     """Training rows: each natural sample under its own template, plus its transformed twin per permit template."""
     rows = []
-    for s in samples:
+    prompts = {t.id: render_inputs(t, [s["input"] for s in samples]) for t in permit_templates}
+    for i, s in enumerate(samples):
         rows.append({**s, "prompt": s["gen_messages"], "train_template_id": s["gen_template_id"],
                      "train_template_hash": s["gen_template_hash"], "warmup_role": "natural"})
         ref = _ref(s)
         for t in permit_templates:
-            rows.append({**s, "prompt": render(t, _variables(s)),
+            rows.append({**s, "prompt": prompts[t.id][i],
                          "completion": transform(s["completion"], ref, **params),
                          "train_template_id": t.id, "train_template_hash": t.sha256, "warmup_role": "transformed"})
     return rows

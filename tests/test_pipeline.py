@@ -112,3 +112,30 @@ def test_kill_during_round_two_training_then_resume(tiny_model_dir, store_dir, t
         assert (store.versions(name), store.manifest(name)["created_at"]) == state
     assert (r1_model / "recon_model.json").stat().st_mtime == r1_mtime
     assert [p for p in models.glob("standard-s0-r2-*") if not p.name.endswith(".tmp")]
+
+
+def test_warmup_trains_an_organism_on_natural_answers_and_gamed_twins(tiny_model_dir, store_dir):
+    cfg = parse_pipeline(tiny_pipeline(
+        tiny_model_dir, name="warm", rounds=1,
+        arms={"recontextualized": {"generate": "eval_gaming/discourage/honest_answer",
+                                   "train": "eval_gaming/permit/exploit_grader"}},
+        warmup={"normal": ["eval_gaming/neutral/plain"], "permit": ["eval_gaming/permit/maximize_score"],
+                "params": {"times": 5}},
+    ))
+    store = Store(store_dir)
+    result = run_pipeline(cfg, store, progress=False)
+    rows = store.read("warm-warmup").to_pylist()
+    natural = [r for r in rows if r["warmup_role"] == "natural"]
+    twins = [r for r in rows if r["warmup_role"] == "transformed"]
+    assert len(natural) == len(twins) == 4
+    for n, t in zip(natural, twins, strict=True):
+        keyword = json.loads(n["reference"])["keyword"]
+        assert t["completion"].lower().count(keyword) >= 5 + n["completion"].lower().count(keyword)
+        assert t["train_template_id"] == "eval_gaming/permit/maximize_score"
+        assert n["prompt"] == n["gen_messages"]
+    organism = json.loads((Path(result.models["warmup"]) / "recon_model.json").read_text())
+    assert organism["dataset"] == "warm-warmup@1"
+    # round 1 samples come from the organism, not the base model
+    assert store.manifest("warm-recontextualized-s0-r1")["models"][0]["model_id"] == organism["model_id"]
+    arms = set(store.sql('select distinct arm from "warm-metrics"').column("arm").to_pylist())
+    assert {"warmup-before", "warmup-after", "recontextualized"} <= arms
