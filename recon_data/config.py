@@ -130,6 +130,15 @@ class WarmupConfig(Strict):
     train: TrainConfig | None = None  # defaults to the pipeline's train section
 
 
+class RayConfig(Strict):
+    """How the ray executor fans sampling and scoring out (see docs/SCALING.md)."""
+
+    address: str | None = None  # else $RAY_ADDRESS, else a local Ray on this machine
+    num_shards: int | None = Field(default=None, ge=1)
+    max_retries: int = Field(default=3, ge=0)
+    task_options: dict[str, Any] = Field(default_factory=dict)  # e.g. {num_gpus: 1} per engine replica
+
+
 class PipelineConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     description: str = ""
@@ -145,7 +154,8 @@ class PipelineConfig(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     eval: EvalConfig | None = None
     warmup: WarmupConfig | None = None
-    executor: Literal["local"] = "local"
+    executor: Literal["local", "ray"] = "local"
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @field_validator("arms")
     @classmethod

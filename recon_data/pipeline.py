@@ -16,6 +16,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,6 +26,7 @@ from . import evaluate, filters, relabel, score
 from . import store as store_mod
 from .config import PipelineConfig, SuiteConfig
 from .errors import ReconError
+from .executors import map_shards
 from .models import ModelRef, resolve_model
 from .templates import Template, load_template
 
@@ -142,10 +144,19 @@ class Runner:
             n=n, temperature=s.temperature if temperature is None else temperature, top_p=s.top_p,
             max_new_tokens=max_new_tokens or s.max_new_tokens, seed=seed,
         )
-        rows = sample_rows(prompt_rows, model=str(model.path), backend=s.backend, params=params,
-                           cache_dir=self.store.root / "cache", batch_size=s.batch_size,
-                           options=dict(s.options), progress=self.progress)
-        return score.score_rows(rows, scorers, store_root=self.store.root) if scorers else rows
+        sample = partial(sample_rows, model=str(model.path), backend=s.backend, params=params,
+                         cache_dir=self.store.root / "cache", batch_size=s.batch_size, options=dict(s.options))
+        score_fn = partial(score.score_rows, scorers=scorers, store_root=self.store.root)
+        if self.cfg.executor == "local":
+            rows = sample(prompt_rows, progress=self.progress)
+            return score_fn(rows) if scorers else rows
+        # ray: shards cut only between chunks of `batch_size` distinct prompts, so the rows equal a local run's
+        ray = self.cfg.ray
+        fan_out = partial(map_shards, executor="ray", num_shards=ray.num_shards, ray_address=ray.address,
+                          max_retries=ray.max_retries, task_options=ray.task_options or None)
+        rows = fan_out(partial(sample, progress=False), prompt_rows, align=s.batch_size,
+                       key=lambda r: json.dumps(r["gen_messages"], sort_keys=True))
+        return fan_out(score_fn, rows) if scorers else rows
 
     def data_step(self, arm: str, seed: int, rnd: int, model: ModelRef, records: list[dict]) -> str:
         """Round `rnd` data for one arm: generate under the arm's generation template, keep, relabel, commit."""

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from recon_data.config import parse_pipeline
@@ -139,3 +140,28 @@ def test_warmup_trains_an_organism_on_natural_answers_and_gamed_twins(tiny_model
     assert store.manifest("warm-recontextualized-s0-r1")["models"][0]["model_id"] == organism["model_id"]
     arms = set(store.sql('select distinct arm from "warm-metrics"').column("arm").to_pylist())
     assert {"warmup-before", "warmup-after", "recontextualized"} <= arms
+
+
+def test_ray_executor_produces_the_same_datasets_as_local(tiny_model_dir, tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    base = tiny_pipeline(tiny_model_dir, name="ex", rounds=1, eval=None,
+                         arms={"standard": {"generate": "eval_gaming/neutral/plain",
+                                            "train": "eval_gaming/neutral/plain"}},
+                         sampler={"n": 2, "max_new_tokens": 8, "batch_size": 2})
+    local_store, ray_store = Store(tmp_path / "local"), Store(tmp_path / "ray")
+    run_pipeline(parse_pipeline(base), local_store, progress=False)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        run_pipeline(parse_pipeline({**base, "executor": "ray", "ray": {"num_shards": 2}}), ray_store,
+                     progress=False)
+    finally:
+        ray.shutdown()
+
+    def content(store: Store, name: str) -> list[str]:
+        rows = store.read(name).to_pylist()
+        return sorted(json.dumps(r, sort_keys=True, default=str) for r in rows)
+
+    for name in ("ex-standard-s0-r1-scored", "ex-standard-s0-r1"):
+        assert content(local_store, name) == content(ray_store, name)
