@@ -293,7 +293,7 @@ def card_context(store: Store, ref: str, *, template_dirs: Sequence[Path | str] 
     pipeline = manifest.get("pipeline") if isinstance(manifest.get("pipeline"), dict) else None
     listed = (pipeline or {}).get("templates_dirs")
     dirs = [*template_dirs, *(d for d in (listed if isinstance(listed, list) else []) if isinstance(d, str))]
-    data = _Data(store.files(str(vref)))
+    data = _Data(store.local_files(str(vref)))
     try:
         label_cols = sorted(c for c in data.columns if c.startswith("label."))
         score_cols = sorted(c for c in data.columns if c.startswith("score."))

@@ -35,12 +35,12 @@ app.add_typer(datasets_app, name="datasets")
 out = Console()
 err = Console(stderr=True)
 
-StoreOpt = typer.Option(None, "--store", help="Store directory (default: $RECON_STORE, else ./recon-store).",
-                        show_default=False)
+StoreOpt = typer.Option(None, "--store", show_default=False,
+                        help="Store dir or URL, e.g. s3://bucket/prefix (default: $RECON_STORE, else recon-store).")
 TemplatesOpt = typer.Option(None, "--templates", help="Extra template directory (repeatable); shadows built-ins.")
 
 
-def _store(path: Path | None):
+def _store(path: str | None):
     from .store import Store, default_store_root
 
     return Store(path or default_store_root())
@@ -54,7 +54,7 @@ def repo_pipelines_dir() -> Path:
 @app.command()
 def run(
     pipeline: Path = typer.Argument(..., help="Pipeline YAML file (see pipelines/).", show_default=False),
-    store: Path | None = StoreOpt,
+    store: str | None = StoreOpt,
     no_progress: bool = typer.Option(False, "--no-progress", help="Disable progress bars."),
 ) -> None:
     """Run a pipeline end to end: sample → score → filter → relabel → commit → train → evaluate, per arm,
@@ -69,7 +69,7 @@ def run(
 
 @app.command()
 def demo(
-    store: Path | None = StoreOpt,
+    store: str | None = StoreOpt,
     no_progress: bool = typer.Option(False, "--no-progress", help="Disable progress bars."),
 ) -> None:
     """Run pipelines/demo.yaml on the embedded SmolLM2-135M-Instruct (CPU, a few minutes)."""
@@ -100,7 +100,7 @@ def _print_run(result, store) -> None:
         out.print(t)
         out.print(f"metrics: [green]{result.metrics_ref}[/] — query with "
                   f"`recon sql 'select * from \"{result.metrics_ref.split('@')[0]}\"'`")
-    out.print(f"store: {store.root.resolve()}")
+    out.print(f"store: {store.url if store.is_remote else store.root.resolve()}")
 
 
 # ---- templates -------------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def templates_render(
 
 # ---- datasets --------------------------------------------------------------------------------------
 @datasets_app.command("list")
-def datasets_list(store: Path | None = StoreOpt) -> None:
+def datasets_list(store: str | None = StoreOpt) -> None:
     """List datasets with their versions and the latest row count."""
     s = _store(store)
     table = Table()
@@ -161,7 +161,7 @@ def datasets_list(store: Path | None = StoreOpt) -> None:
 @datasets_app.command("show")
 def datasets_show(
     ref: str = typer.Argument(..., help="NAME (latest) or NAME@V."),
-    store: Path | None = StoreOpt,
+    store: str | None = StoreOpt,
     rows: int = typer.Option(3, "--rows", help="Example rows to print."),
 ) -> None:
     """Print a version's manifest and a few rows."""
@@ -177,7 +177,7 @@ def datasets_show(
 @datasets_app.command("verify")
 def datasets_verify(
     name: str | None = typer.Argument(None, help="Dataset name; all datasets if omitted."),
-    store: Path | None = StoreOpt,
+    store: str | None = StoreOpt,
 ) -> None:
     """Re-hash every file against its manifest; exit 1 on any mismatch."""
     s = _store(store)
@@ -187,14 +187,14 @@ def datasets_verify(
             err.print(f"[red]FAIL[/] {escape(p)}", highlight=False)
         raise typer.Exit(1)
     count = sum(len(s.versions(n)) for n in ([name] if name else s.names()))
-    out.print(f"ok: {count} version(s) verified in {s.root}")
+    out.print(f"ok: {count} version(s) verified in {s.url if s.is_remote else s.root}")
 
 
 @datasets_app.command("diff")
 def datasets_diff(
     a: str = typer.Argument(..., help="NAME[@V]"),
     b: str = typer.Argument(..., help="NAME[@V]"),
-    store: Path | None = StoreOpt,
+    store: str | None = StoreOpt,
 ) -> None:
     """Compare two versions: schema changes and rows only in one of them."""
     out.print_json(json.dumps(_store(store).diff(a, b)))
@@ -204,7 +204,7 @@ def datasets_diff(
 @app.command()
 def sql(
     query: str = typer.Argument(..., help='SQL over the store; views: "name" (latest) and "name@3".'),
-    store: Path | None = StoreOpt,
+    store: str | None = StoreOpt,
     format: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
 ) -> None:
     """Query every dataset version with DuckDB. Quote names with '-' or '@': select * from "demo@1"."""

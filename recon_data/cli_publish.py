@@ -19,15 +19,15 @@ from .errors import ReconError
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Dataset cards and Hugging Face Hub publishing.")
 
-StoreOpt = typer.Option(None, "--store", help="Store directory (default: $RECON_STORE, else ./recon-store).",
-                        show_default=False)
+StoreOpt = typer.Option(None, "--store", show_default=False,
+                        help="Store dir or URL, e.g. s3://bucket/prefix (default: $RECON_STORE, else recon-store).")
 LicenseOpt = typer.Option(None, "--license", help="License id for the card header (default: the manifest's "
                           "extra.license, else 'other').", show_default=False)
 TemplatesOpt = typer.Option(None, "--templates", help="Template directory to find the sources of user templates "
                             "(repeatable; the pipeline's templates_dirs are tried too).")
 
 
-def _store(path: Path | None):
+def _store(path: str | None):
     from .store import Store, default_store_root
 
     return Store(path or default_store_root())
@@ -37,7 +37,7 @@ def _store(path: Path | None):
 def card(
     ref: str = typer.Argument(..., help="Dataset version: NAME (latest) or NAME@V.", show_default=False),
     out: Path | None = typer.Option(None, "--out", help="Write the card here instead of printing it."),
-    store: Path | None = StoreOpt,
+    store: str | None = StoreOpt,
     license: str | None = LicenseOpt,
     template: Path | None = typer.Option(None, "--template", help="Your own card template (sandboxed Jinja); "
                                          "it may include the built-in partials."),
@@ -69,7 +69,7 @@ def publish(
     private: bool = typer.Option(False, "--private", help="Create the repo private (only when it is created)."),
     dry_run: Path | None = typer.Option(None, "--dry-run", help="Write exactly the folder that would be "
                                         "uploaded to DIR and stop.", metavar="DIR"),
-    store: Path | None = StoreOpt,
+    store: str | None = StoreOpt,
     license: str | None = LicenseOpt,
     templates: list[Path] | None = TemplatesOpt,
 ) -> None:
