@@ -56,6 +56,7 @@ def run(
     pipeline: Path = typer.Argument(..., help="Pipeline YAML file (see pipelines/).", show_default=False),
     store: str | None = StoreOpt,
     no_progress: bool = typer.Option(False, "--no-progress", help="Disable progress bars."),
+    templates: list[Path] | None = TemplatesOpt,
 ) -> None:
     """Run a pipeline end to end: sample → score → filter → relabel → commit → train → evaluate, per arm,
     seed and round. Idempotent: finished steps are skipped, a killed run resumes where it stopped."""
@@ -63,6 +64,8 @@ def run(
     from .pipeline import run_pipeline
 
     cfg = load_pipeline(pipeline)
+    if templates:
+        cfg = cfg.model_copy(update={"templates_dirs": [*cfg.templates_dirs, *map(str, templates)]})
     result = run_pipeline(cfg, _store(store), config_path=str(pipeline), progress=not no_progress)
     _print_run(result, _store(store))
 
@@ -73,7 +76,7 @@ def demo(
     no_progress: bool = typer.Option(False, "--no-progress", help="Disable progress bars."),
 ) -> None:
     """Run pipelines/demo.yaml on the embedded SmolLM2-135M-Instruct (CPU, a few minutes)."""
-    run(repo_pipelines_dir() / "demo.yaml", store, no_progress)
+    run(repo_pipelines_dir() / "demo.yaml", store, no_progress, None)
 
 
 def _print_run(result, store) -> None:
