@@ -134,7 +134,11 @@ def templates_render(
     """Render a template with the given variables and print the chat messages."""
     from .templates import load_template, render
 
-    text = Path(record[1:]).read_text() if record.startswith("@") else record
+    try:
+        text = Path(record[1:]).read_text(encoding="utf-8") if record.startswith("@") else record
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or "not UTF-8 text"
+        raise ReconError(f"--record {record}: cannot read it ({why}); pass a UTF-8 JSON file") from None
     try:
         variables = json.loads(text)
     except json.JSONDecodeError as e:
@@ -187,7 +191,7 @@ def datasets_verify(
     problems = s.verify(name)
     if problems:
         for p in problems:
-            err.print(f"[red]FAIL[/] {escape(p)}", highlight=False)
+            err.print(f"[red]FAIL[/] {escape(p)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     count = sum(len(s.versions(n)) for n in ([name] if name else s.names()))
     out.print(f"ok: {count} version(s) verified in {s.url if s.is_remote else s.root}")
@@ -260,6 +264,10 @@ def main() -> None:
     except ReconError as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
+    except OSError as e:  # disk full, read-only store, permissions: what the OS said, and where
+        where = f": {e.filename}" if e.filename else ""
+        err.print(f"[bold red]error:[/] {escape(str(e.strerror or e))}{escape(where)}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted; rerun the same command to resume", highlight=False)
         sys.exit(130)

@@ -218,6 +218,20 @@ def parse_pipeline(data: Any, source: str = "<pipeline>") -> PipelineConfig:
         raise ConfigError(f"{source}: {_loc(first['loc'])}: {_explain(first)}{more}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate keys (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_pipeline(path: str | Path) -> PipelineConfig:
     """Read and validate a pipeline YAML file; any problem is one ConfigError line."""
     path = Path(path)
@@ -230,7 +244,7 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

@@ -11,6 +11,7 @@ This module wires stage functions together; it must not implement a stage itself
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -90,7 +91,10 @@ class _Steps:
 
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir / "steps"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ReconError(f"cannot write to store {run_dir}: {err.strerror}; pass a writable --store") from None
 
     def get(self, step: str, key: str) -> dict | None:
         path = self.dir / f"{step}.json"
@@ -180,34 +184,55 @@ class Runner:
         train_rows = relabel.relabel(kept, train_t, arm)
         for row in train_rows:
             row.update(run=self.cfg.name, round=rnd, run_seed=seed)
-        scored_ref = self.store.commit(
-            f"{name}-scored", _rows_to_table(scored), pipeline=self.pipeline_dump,
+        scored_ref = self._commit_once(
+            f"{name}-scored", key, scored, pipeline=self.pipeline_dump,
             models=[{"model_id": model.model_id, "revision": model.revision, "backend": self.cfg.sampler.backend}],
-            templates={gen_t.id: gen_t.sha256}, extra={"step_key": key, "run": self.cfg.name, "round": rnd},
+            templates={gen_t.id: gen_t.sha256}, extra={"run": self.cfg.name, "round": rnd},
         )
-        ref = self.store.commit(
-            name, _rows_to_table(train_rows), parents=[str(scored_ref)], pipeline=self.pipeline_dump,
+        ref = self._commit_once(
+            name, key, train_rows, parents=[scored_ref], pipeline=self.pipeline_dump,
             models=[{"model_id": model.model_id, "revision": model.revision, "backend": self.cfg.sampler.backend}],
             templates={gen_t.id: gen_t.sha256, train_t.id: train_t.sha256},
             stats=[{"stage": "sample", "rows_in": len(prompts), "rows_out": len(scored)}, *stats],
-            extra={"step_key": key, "run": self.cfg.name, "arm": arm, "seed": seed, "round": rnd,
+            extra={"run": self.cfg.name, "arm": arm, "seed": seed, "round": rnd,
                    "generation_template": gen_t.id, "train_template": train_t.id},
         )
         self.say(f"  committed [green]{ref}[/] ({len(train_rows)} training rows from {len(scored)} samples)")
-        self.steps.put(name, key, dataset=str(ref))
-        return str(ref)
+        self.steps.put(name, key, dataset=ref)
+        return ref
+
+    def _committed(self, name: str, key: str) -> str | None:
+        """The latest version of `name` written by the step with this key (a kill may have hit between the
+        commit and its marker: adopt the version instead of committing a duplicate)."""
+        for v in reversed(self.store.versions(name)):
+            try:
+                if self.store.manifest(f"{name}@{v}").get("extra", {}).get("step_key") == key:
+                    return f"{name}@{v}"
+            except ReconError:
+                continue
+        return None
+
+    def _commit_once(self, name: str, key: str, rows: list[dict], **kwargs) -> str:
+        """Commit rows for a step, or return the version that step already committed."""
+        if found := self._committed(name, key):
+            return found
+        extra = {**kwargs.pop("extra", {}), "step_key": key}
+        return str(self.store.commit(name, _rows_to_table(rows), extra=extra, **kwargs))
 
     def _done(self, step: str, key: str) -> str | None:
         marker = self.steps.get(step, key)
-        if marker and "dataset" in marker:
-            try:
-                self.store.resolve(marker["dataset"])
-            except ReconError:
-                return None
-            self.skipped += 1
-            self.say(f"  [dim]{step}: done ({marker['dataset']})[/]")
-            return marker["dataset"]
-        return None
+        ref = marker.get("dataset") if marker else self._committed(step, key)
+        if ref is None:
+            return None
+        try:
+            self.store.resolve(ref)
+        except ReconError:
+            return None
+        if not marker:
+            self.steps.put(step, key, dataset=ref)
+        self.skipped += 1
+        self.say(f"  [dim]{step}: done ({ref})[/]")
+        return ref
 
     def warmup_step(self, base: ModelRef, records: list[dict]) -> ModelRef:
         """Build the model organism: natural answers under normal templates, gamed twins under permit."""
@@ -231,16 +256,15 @@ class Runner:
                 samples += self.sample_and_score(relabel.generation_rows(chosen, t), base, n=w.n, seed=w.seed,
                                                  scorers=[])
             rows = warmup.warmup_rows(samples, permit, transform, w.params)
-            vref = self.store.commit(
-                name, _rows_to_table(rows), pipeline=self.pipeline_dump,
+            ref = self._commit_once(
+                name, key, rows, pipeline=self.pipeline_dump,
                 models=[{"model_id": base.model_id, "revision": base.revision, "backend": self.cfg.sampler.backend}],
                 templates={t.id: t.sha256 for t in normal + permit},
                 stats=[{"stage": "warmup", "rows_in": len(samples), "rows_out": len(rows),
                         "reason": f"natural + transformed ({w.transform})"}],
-                extra={"step_key": key, "run": self.cfg.name, "warmup": True},
+                extra={"run": self.cfg.name, "warmup": True},
             )
-            self.steps.put(name, key, dataset=str(vref))
-            ref = str(vref)
+            self.steps.put(name, key, dataset=ref)
         return self.train_step("warmup", w.seed, 0, ref, base, train_cfg=w.train or self.cfg.train)
 
     def train_step(self, arm: str, seed: int, rnd: int, dataset_ref: str, start: ModelRef,
@@ -249,7 +273,9 @@ class Runner:
 
         t = train_cfg or self.cfg.train
         step = f"{self.cfg.name}-{arm}-s{seed}-r{rnd}-train"
-        key = _key("train", t.model_dump(mode="json"), dataset_ref, start.model_id, start.revision)
+        # keyed by the data's checksums, not its version number: a re-numbered identical version reuses the model
+        data_sha = [f["sha256"] for f in self.store.manifest(dataset_ref)["files"]]
+        key = _key("train", t.model_dump(mode="json"), data_sha, start.model_id, start.revision)
         out = self.run_dir / "models" / f"{arm}-s{seed}-r{rnd}-{key[:8]}"
         marker = self.steps.get(step, key)
         if marker and (out / "recon_model.json").exists():
@@ -298,14 +324,13 @@ class Runner:
                                                   max_new_tokens=ev.max_new_tokens, temperature=ev.temperature)
             for r in rows:
                 r.update(run=self.cfg.name, arm=label, round=rnd, run_seed=seed)
-            vref = self.store.commit(
-                name, _rows_to_table(rows), pipeline=self.pipeline_dump,
+            ref = self._commit_once(
+                name, key, rows, pipeline=self.pipeline_dump,
                 models=[{"model_id": model.model_id, "revision": model.revision, "backend": self.cfg.sampler.backend}],
                 templates={t.id: t.sha256 for t in templates},
-                extra={"step_key": key, "run": self.cfg.name, "arm": label, "seed": seed, "round": rnd},
+                extra={"run": self.cfg.name, "arm": label, "seed": seed, "round": rnd},
             )
-            self.steps.put(name, key, dataset=str(vref))
-            ref = str(vref)
+            self.steps.put(name, key, dataset=ref)
         rows = self.store.read(ref).to_pylist()
         rules = {None: ev.hack.model_dump() if ev.hack else None}
         for extra in ev.extra_suites:
@@ -323,6 +348,16 @@ class Runner:
 
     # ---- the whole run -------------------------------------------------------------------------
     def run(self) -> RunResult:
+        """One run per name per store at a time: a second one fails at once instead of racing the first."""
+        with open(self.run_dir / ".lock", "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ReconError(f"run '{self.cfg.name}' is already running in store {self.store.root}; "
+                                 "wait for it (a rerun afterwards resumes where it stopped)") from None
+            return self._run()
+
+    def _run(self) -> RunResult:
         t0 = time.time()
         cfg = self.cfg
         result = RunResult(cfg.name)

@@ -79,3 +79,8 @@ def test_missing_file_and_non_utf8(tmp_path):
     bad.write_bytes(b"name: \xff\xfe")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_pipeline(bad)
+
+
+def test_duplicate_keys_are_refused_not_silently_overwritten(tmp_path):
+    with pytest.raises(ConfigError, match=r"p.yaml:\d+:1: invalid YAML: duplicate key 'rounds'"):
+        load_pipeline(_write(tmp_path, VALID + "rounds: 1\nrounds: 5\n"))

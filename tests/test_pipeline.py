@@ -86,7 +86,7 @@ def test_kill_during_round_two_training_then_resume(tiny_model_dir, store_dir, t
     cfg = tiny_pipeline(tiny_model_dir, name="kill", rounds=2, eval=None,
                         arms={"standard": {"generate": "eval_gaming/neutral/plain",
                                            "train": "eval_gaming/neutral/plain"}},
-                        train={"lora": None, "epochs": 12, "batch_size": 1, "max_length": 1024})
+                        train={"lora": None, "epochs": 60, "batch_size": 1, "max_length": 1024})
     path = tmp_path / "kill.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "recon_data.cli", "run", str(path), "--store", str(store_dir), "--no-progress"]
@@ -97,7 +97,7 @@ def test_kill_during_round_two_training_then_resume(tiny_model_dir, store_dir, t
     while time.time() < deadline and not list(models.glob("standard-s0-r2-*.tmp")):
         assert proc.poll() is None, "run ended before round 2 training started"
         time.sleep(0.05)
-    time.sleep(1.0)
+    time.sleep(0.3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     store = Store(store_dir)
@@ -165,3 +165,30 @@ def test_ray_executor_produces_the_same_datasets_as_local(tiny_model_dir, tmp_pa
 
     for name in ("ex-standard-s0-r1-scored", "ex-standard-s0-r1"):
         assert content(local_store, name) == content(ray_store, name)
+
+
+def test_a_second_run_of_the_same_pipeline_in_one_store_is_refused(tiny_model_dir, store_dir):
+    import fcntl
+
+    from recon_data.errors import ReconError
+    from recon_data.pipeline import Runner
+
+    runner = Runner(parse_pipeline(tiny_pipeline(tiny_model_dir, name="locked")), Store(store_dir), progress=False)
+    with open(runner.run_dir / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ReconError, match="run 'locked' is already running"):
+            runner.run()
+    assert Store(store_dir).names() == []
+
+
+def test_a_version_committed_before_its_marker_is_adopted_not_duplicated(tiny_model_dir, store_dir):
+    cfg = parse_pipeline(tiny_pipeline(tiny_model_dir, name="adopt", rounds=1, eval=None,
+                                       arms={"standard": {"generate": "eval_gaming/neutral/plain",
+                                                          "train": "eval_gaming/neutral/plain"}}))
+    store = Store(store_dir)
+    run_pipeline(cfg, store, progress=False)
+    for marker in (store_dir / "runs" / "adopt" / "steps").glob("*.json"):
+        marker.unlink()  # as if every kill landed between a commit and its marker
+    again = run_pipeline(cfg, store, progress=False)
+    assert {n: store.versions(n) for n in store.names()} == {n: [1] for n in store.names()}
+    assert again.skipped_steps >= 1
