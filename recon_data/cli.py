@@ -148,7 +148,7 @@ def templates_render(
     t = load_template(template, templates or [])
     out.print(f"[bold]{t.id}[/]  sha256 {t.sha256}")
     for m in render(t, variables):
-        out.print(f"[bold cyan]{m['role']}[/]: {m['content']}", highlight=False, markup=False)
+        out.print(f"{m['role']}: {m['content']}", highlight=False, markup=False)
 
 
 # ---- datasets --------------------------------------------------------------------------------------
@@ -159,10 +159,20 @@ def datasets_list(store: str | None = StoreOpt) -> None:
     table = Table()
     for col in ("name", "versions", "latest rows", "created"):
         table.add_column(col)
+    damaged = []
     for name in s.names():
-        m = s.manifest(name)
-        table.add_row(name, ",".join(map(str, s.versions(name))), str(m["rows"]), m.get("created_at", ""))
+        versions = ",".join(map(str, s.versions(name)))
+        try:
+            m = s.manifest(name)
+        except ReconError as e:  # one damaged version must not hide the others
+            damaged.append(str(e))
+            table.add_row(name, versions, "damaged", "")
+            continue
+        table.add_row(name, versions, str(m["rows"]), m.get("created_at", ""))
     out.print(table)
+    if damaged:
+        err.print(f"warning: {len(damaged)} damaged latest version(s), run `recon datasets verify`: "
+                  + "; ".join(damaged), highlight=False, markup=False, soft_wrap=True)
 
 
 @datasets_app.command("show")

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import Backend, Completion, Prompt, derive_seed, load_backend
+from .backends.hf import PromptTooLong
 from .errors import ConfigError, ReconError
 from .sample_cache import CachedSample, SampleCache, canonical_json, sample_key
 
@@ -135,6 +136,7 @@ class _Unit:
 
     messages: list[dict[str, str]]
     keys: list[str]
+    row_ids: list[str] = field(default_factory=list)  # rows sharing this prompt, to name them in errors
 
 
 def _messages(row: Any, index: int, messages_key: str) -> list[dict[str, str]]:
@@ -261,7 +263,7 @@ def _run(
     kp = params.key_params()
     units: dict[str, _Unit] = {}
     row_units: list[str] = []
-    for msgs in all_messages:
+    for index, msgs in enumerate(all_messages):
         pk = canonical_json(msgs)
         if pk not in units:
             keys = [
@@ -277,6 +279,8 @@ def _run(
                 for i in range(params.n)
             ]
             units[pk] = _Unit(msgs, keys)
+        row = rows[index]
+        units[pk].row_ids.append(str(row.get("id", f"row {index}")) if isinstance(row, dict) else f"row {index}")
         row_units.append(pk)
     ordered = list(units.values())
     chunks = [ordered[i : i + be.chunk_size] for i in range(0, len(ordered), be.chunk_size)]
@@ -331,7 +335,12 @@ def _run(
         def chunk_call(chunk: list[_Unit]) -> list[list[Completion]]:
             keys = [k for u in chunk for k in u.keys]
             prompts = [Prompt(u.messages, derive_seed(params.seed, "prompt", u.keys[0])) for u in chunk]
-            return be.generate(prompts, params, derive_seed(params.seed, "chunk", *keys, bits=63))
+            try:
+                return be.generate(prompts, params, derive_seed(params.seed, "chunk", *keys, bits=63))
+            except PromptTooLong as exc:
+                ids = chunk[exc.index].row_ids
+                more = f" (and {len(ids) - 1} more rows with the same prompt)" if len(ids) > 1 else ""
+                raise ReconError(f"record {ids[0]}{more}: {exc}") from None
 
         try:
             if be.concurrency <= 1:

@@ -14,11 +14,13 @@ only the fields named in `CachedSample`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,18 @@ from .errors import ReconError
 CACHE_FILE = "samples.sqlite"
 SCHEMA_VERSION = "1"
 _SQL_BATCH = 500  # stays under SQLite's bound-parameter limit
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL ('database or disk is full') or an OSError ENOSPC / EDQUOT."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(exc).lower()
+
+
+def _full_error(path: Path) -> ReconError:
+    return ReconError(f"sample cache {path}: disk full while writing; free space and rerun "
+                      "(finished samples are kept)")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -100,6 +114,8 @@ class SampleCache:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if _disk_full(exc):
+                raise _full_error(self.dir) from None
             raise ReconError(
                 f"cannot create sampling cache dir {self.dir}: {exc.strerror}; "
                 "pass a writable --cache-dir or --no-cache"
@@ -118,6 +134,8 @@ class SampleCache:
                     f"{SCHEMA_VERSION}: move it away or pass another --cache-dir"
                 )
         except sqlite3.DatabaseError as exc:
+            if _disk_full(exc):
+                raise _full_error(self.path) from None
             raise ReconError(
                 f"sampling cache {self.path} is unreadable ({exc}): delete it "
                 "(only cached completions are lost) or pass --no-cache"
@@ -158,13 +176,21 @@ class SampleCache:
             for k, s in entries.items()
         ]
         before = self._db.total_changes
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany("INSERT OR IGNORE INTO samples VALUES (?,?,?,?,?,?,?,?)", values)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR IGNORE INTO samples VALUES (?,?,?,?,?,?,?,?)", values)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # SQLite may already have rolled back (e.g. on SQLITE_FULL)
+                    with suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if _disk_full(exc):
+                raise _full_error(self.path) from None
+            raise ReconError(f"sample cache {self.path}: cannot write ({exc}); earlier chunks are kept — "
+                             "fix the cause and rerun, or pass --no-cache") from None
         return self._db.total_changes - before
 
     def entries(self) -> int:

@@ -168,6 +168,7 @@ class Store:
             s = str(root)
             self.root = Path(s[len("file://"):]) if s.startswith("file://") else Path(root)
             self.url = str(self.root)
+        self.damaged: list[str] = []  # versions the last `connect()` skipped, "name@N (why)"
 
     @property
     def is_remote(self) -> bool:
@@ -291,24 +292,69 @@ class Store:
         return [self._rpath("datasets", vref.name, f"v{vref.version}", f["path"])
                 for f in self.manifest(ref)["files"]]
 
-    def read(self, ref: str, columns: list[str] | None = None) -> pa.Table:
-        """The whole version as one Arrow table (schema from the manifest's files)."""
+    def _entries(self, ref: str) -> tuple[VersionRef, list[tuple[dict, str]]]:
+        """(version, [(manifest file entry, where pyarrow reads it: local path or path inside self.fs)])."""
+        vref = self.resolve(ref)
+        entries = self.manifest(str(vref))["files"]
+        if self.is_remote:
+            where = [self._rpath("datasets", vref.name, f"v{vref.version}", f["path"]) for f in entries]
+        else:
+            where = [str(vref.path / f["path"]) for f in entries]
+        return vref, list(zip(entries, where, strict=True))
+
+    def _part_bytes(self, vref: VersionRef, entry: dict, where: str, check: bool) -> bytes:
+        """One part's bytes, sha256-checked against the manifest (hashing costs ~5% of parsing them)."""
         try:
-            if self.is_remote:
-                tables = [pq.read_table(p, columns=columns, filesystem=self.fs) for p in self._fs_paths(ref)]
-            else:
-                tables = [pq.read_table(f, columns=columns) for f in self.files(ref)]
-        except (OSError, pa.ArrowInvalid) as err:
-            raise ReconError(f"{self.resolve(ref)}: cannot read Parquet ({err}); run `recon datasets verify`") from None
+            data = self.fs.cat_file(where) if self.is_remote else Path(where).read_bytes()
+        except FileNotFoundError:
+            raise ReconError(f"{vref}: cannot read Parquet {entry['path']} (missing file); "
+                             "run `recon datasets verify`") from None
+        except OSError as err:
+            raise ReconError(f"{vref}: cannot read Parquet {entry['path']} ({err.strerror or err}); "
+                             "run `recon datasets verify`") from None
+        if check and entry.get("sha256") and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ReconError(f"{vref}: checksum mismatch in {entry['path']} (file changed or corrupt); "
+                             "run `recon datasets verify`")
+        return data
+
+    def _check_local(self, ref: str) -> list[Path]:
+        """Re-hash a local version's parts before a reader that takes paths (polars, datasets) opens them."""
+        vref, entries = self._entries(ref)
+        for entry, where in entries:
+            if entry.get("sha256"):
+                try:
+                    digest = _sha256(Path(where))
+                except FileNotFoundError:
+                    raise ReconError(f"{vref}: missing file {entry['path']}; run `recon datasets verify`") from None
+                if digest != entry["sha256"]:
+                    raise ReconError(f"{vref}: checksum mismatch in {entry['path']} (file changed or corrupt); "
+                                     "run `recon datasets verify`")
+        return [Path(where) for _, where in entries]
+
+    def read(self, ref: str, columns: list[str] | None = None, *, check: bool = True) -> pa.Table:
+        """The whole version as one Arrow table; each part is read once into memory, its sha256 checked
+        against the manifest (`check=False` skips that) and parsed from the same bytes."""
+        vref, entries = self._entries(ref)
+        tables = []
+        for entry, where in entries:
+            data = self._part_bytes(vref, entry, where, check)
+            try:
+                tables.append(pq.read_table(pa.BufferReader(data), columns=columns))
+            except (OSError, pa.ArrowInvalid) as err:
+                raise ReconError(f"{vref}: cannot read Parquet {entry['path']} ({err}); "
+                                 "run `recon datasets verify`") from None
         return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
-    def iter_batches(self, ref: str, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+    def iter_batches(self, ref: str, batch_size: int = 65536, *, check: bool = True) -> Iterator[pa.RecordBatch]:
+        """Stream a version; with `check` every part is re-hashed before its first batch is yielded."""
         if self.is_remote:
-            for p in self._fs_paths(ref):
-                with self.fs.open(p, "rb") as fh:
-                    yield from pq.ParquetFile(fh).iter_batches(batch_size=batch_size)
+            vref, entries = self._entries(ref)
+            for entry, where in entries:
+                data = self._part_bytes(vref, entry, where, check)
+                yield from pq.ParquetFile(pa.BufferReader(data)).iter_batches(batch_size=batch_size)
             return
-        for f in self.files(ref):
+        files = self._check_local(ref) if check else self.files(ref)
+        for f in files:
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size)
 
     def local_files(self, ref: str) -> list[Path]:
@@ -337,19 +383,21 @@ class Store:
             out.append(local)
         return out
 
-    def to_hf(self, ref: str):
-        """The version as a `datasets.Dataset` (memory-mapped from the Parquet parts)."""
+    def to_hf(self, ref: str, *, check: bool = True):
+        """The version as a `datasets.Dataset` (memory-mapped from the Parquet parts, sha256-checked)."""
         import datasets
 
-        files = [str(f) for f in self.local_files(ref)]
+        local = self._check_local(ref) if check and not self.is_remote else self.local_files(ref)
+        files = [str(f) for f in local]
         return datasets.Dataset.from_parquet(files, cache_dir=str(self.root / "cache" / "hf"))
 
-    def to_polars(self, ref: str):
+    def to_polars(self, ref: str, *, check: bool = True):
         import polars as pl
 
         if self.is_remote:
-            return pl.from_arrow(self.read(ref))
-        return pl.read_parquet([str(f) for f in self.files(ref)])
+            return pl.from_arrow(self.read(ref, check=check))
+        files = self._check_local(ref) if check else self.files(ref)
+        return pl.read_parquet([str(f) for f in files])
 
     # ---- writing ------------------------------------------------------------------------------
     @contextmanager
@@ -578,18 +626,28 @@ class Store:
     def connect(self):
         """A DuckDB connection with a view per dataset (latest) and per version ("name@N").
 
+        A version whose view cannot be created (corrupt manifest, truncated part) is skipped and
+        recorded in `self.damaged` ("name@N (why)"), so one damaged version does not stop queries of
+        the others; if it is the latest, the plain "name" view is absent too (never silently older data).
         Remote stores: the fsspec filesystem is registered with DuckDB, which then reads the
         Parquet parts in place (ranged reads, no download, no httpfs extension needed)."""
         import duckdb
 
         con = self.register_duckdb(duckdb.connect())
+        self.damaged = []
         for name in self.names():
             versions = self.versions(name)
+            made = set()
             for v in versions:
-                files = [str(f) for f in self.files(f"{name}@{v}")]
-                quoted = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-                con.execute(f'CREATE VIEW "{name}@{v}" AS SELECT * FROM read_parquet([{quoted}])')
-            if versions:
+                try:
+                    files = [str(f) for f in self.files(f"{name}@{v}")]
+                    quoted = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                    con.execute(f'CREATE VIEW "{name}@{v}" AS SELECT * FROM read_parquet([{quoted}])')
+                    made.add(v)
+                except (ReconError, duckdb.Error) as err:
+                    why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    self.damaged.append(f"{name}@{v} ({why[:160]})")
+            if versions and versions[-1] in made:
                 con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "{name}@{versions[-1]}"')
         return con
 
@@ -602,15 +660,19 @@ class Store:
     def sql(self, query: str) -> pa.Table:
         import duckdb
 
-        con = self.connect()
+        con = None
         try:
+            con = self.connect()
             rel = con.sql(query)
             return rel.to_arrow_table() if rel is not None else pa.table({})
         except duckdb.Error as err:
             first = str(err).strip().splitlines()[0]
-            raise ReconError(f"SQL error: {first} (datasets: {', '.join(self.names()) or 'none'})") from None
+            damaged = (f"; skipped damaged versions: {'; '.join(self.damaged)}; run `recon datasets verify`"
+                       if self.damaged else "")
+            raise ReconError(f"SQL error: {first} (datasets: {', '.join(self.names()) or 'none'}){damaged}") from None
         finally:
-            con.close()
+            if con is not None:
+                con.close()
 
     def diff(self, a: str, b: str) -> dict:
         """Schema and row-level differences between two versions (rows compared as whole values)."""

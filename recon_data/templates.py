@@ -6,19 +6,33 @@ blocks is one user message) or `<name>.yaml` (keys `system` and `user`, each a J
 carry a hash that changes exactly when the template does.
 
 Rendering runs in jinja2's sandbox with StrictUndefined: a template can only read the variables it is
-given and cannot reach Python internals. This module must not know about suites or sampling.
+given and cannot reach Python internals. The sandbox is also bounded, so a hostile template fails with
+one line instead of eating the machine: `*`, `**`, `+`, `%` and `~` refuse results beyond a size cap,
+calls and filters refuse huge sizes and arguments, `range` is capped at MAX_RANGE items and gives up
+after RENDER_TIME_LIMIT_S of iterating, `render` arms a wall-clock timer (main thread only) and turns
+MemoryError into a ReconError. These are guards against runaway templates, not a resource jail.
+This module must not know about suites or sampling.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Mapping, Sequence
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import yaml
+from jinja2.compiler import CodeGenerator
+from jinja2.runtime import markup_join, str_join
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from .errors import ReconError
@@ -49,7 +63,180 @@ class Template:
     parts: tuple[tuple[str, str], ...] = field(repr=False, default=())
 
 
-_ENV = SandboxedEnvironment(
+MAX_RANGE = 100_000  # items one range() may have
+MAX_STR = 10_000_000  # characters one operator, call or filter may produce (a 5 MB record field fits)
+MAX_ITEMS = 1_000_000  # items of one list/tuple an operator or call may produce
+MAX_INT_BITS = 100_000  # bits of an integer result (~30,000 digits)
+MAX_OUTPUT = 100_000_000  # characters of one rendered message
+RENDER_TIME_LIMIT_S = 5.0  # a legitimate template renders in milliseconds
+_RANGE_CHECK_EVERY = 1024  # range items between two clock reads
+_BIG_WIDTH = re.compile(r"\d{7,}")  # a width / precision of a million or more in a format spec
+_PRINTF_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d*)(?:\.(?:\*|\d*))?")
+_STR_FORMAT_SPEC = re.compile(r"\{[^{}]*:[^{}]*\}")
+
+
+class TemplateLimit(SecurityError):
+    """A template asked for more than the sandbox allows (size or time)."""
+
+
+class RenderTimeout(Exception):
+    """Rendering ran past RENDER_TIME_LIMIT_S (raised by the timer or by a long range loop)."""
+
+
+def _check_result(value: Any, what: str) -> Any:
+    if isinstance(value, (str, bytes, bytearray)):
+        if len(value) > MAX_STR:
+            raise TemplateLimit(f"{what} would make a string of {len(value):,} characters (limit {MAX_STR:,})")
+    elif isinstance(value, (list, tuple)) and len(value) > MAX_ITEMS:
+        raise TemplateLimit(f"{what} would make a list of {len(value):,} items (limit {MAX_ITEMS:,})")
+    return value
+
+
+def _check_repeat(seq: Any, times: Any, op: str) -> None:
+    """`seq * times` is refused before it is built when the result would pass the caps."""
+    if isinstance(times, int) and isinstance(seq, (str, bytes, bytearray, list, tuple)):
+        cap = MAX_ITEMS if isinstance(seq, (list, tuple)) else MAX_STR
+        if len(seq) * max(times, 0) > cap:
+            raise TemplateLimit(f"'{op}' would repeat a {type(seq).__name__} of {len(seq):,} items "
+                                f"{times:,} times (limit {cap:,})")
+
+
+def _check_ints(args: Sequence[Any], what: str) -> None:
+    """A size-like argument (width, count) beyond the string cap is refused before the call runs."""
+    for a in args:
+        if type(a) is int and abs(a) > MAX_STR:
+            raise TemplateLimit(f"{what} got the argument {a:,}, beyond the limit {MAX_STR:,}")
+
+
+def _check_format_spec(fmt: Any, what: str) -> None:
+    """'%09999999d' or '{:9999999}' would allocate the width before any result check could run."""
+    if not isinstance(fmt, str) or ("%" not in fmt and "{" not in fmt):
+        return
+    for spec in [*_PRINTF_SPEC.findall(fmt), *_STR_FORMAT_SPEC.findall(fmt)]:
+        if _BIG_WIDTH.search(spec) or (spec.startswith("%") and "*" in spec):
+            raise TemplateLimit(f"{what}: a format width or precision of a million or more (or '*') "
+                                "is not allowed")
+
+
+class _TimedRange(Sequence):
+    """range() for templates: same items, but iterating gives up after RENDER_TIME_LIMIT_S, so nested
+    loops stop even where no timer can run (worker threads, the relabel fast path)."""
+
+    def __init__(self, rng: range) -> None:
+        self._rng = rng
+
+    def __len__(self) -> int:
+        return len(self._rng)
+
+    def __getitem__(self, index):
+        return self._rng[index]
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._rng
+
+    def __reversed__(self) -> Iterator[int]:
+        return _TimedRange(self._rng[::-1]).__iter__()
+
+    def __iter__(self) -> Iterator[int]:
+        deadline = time.monotonic() + RENDER_TIME_LIMIT_S
+        rng = self._rng
+        for start in range(0, len(rng), _RANGE_CHECK_EVERY):
+            if time.monotonic() > deadline:
+                raise RenderTimeout(RENDER_TIME_LIMIT_S)
+            yield from rng[start : start + _RANGE_CHECK_EVERY]
+
+    def __repr__(self) -> str:
+        return repr(self._rng)
+
+
+def _range(*args: int) -> Sequence[int]:
+    rng = range(*args)
+    if len(rng) > MAX_RANGE:
+        raise TemplateLimit(f"range() of {len(rng):,} items is beyond the limit {MAX_RANGE:,}")
+    return rng if len(rng) <= _RANGE_CHECK_EVERY else _TimedRange(rng)
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Routes `a ~ b` through `environment.bounded_concat` (jinja2 compiles it to a bare join otherwise)."""
+
+    def visit_Concat(self, node: jinja2.nodes.Concat, frame) -> None:
+        self.write("environment.bounded_concat(context, (")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _BoundedSandbox(SandboxedEnvironment):
+    """jinja2's sandbox plus size caps on operators, calls, filters and `~` (see the module docstring)."""
+
+    code_generator_class = _BoundedCodeGenerator
+    intercepted_binops = frozenset(["*", "**", "+", "%"])
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.globals["range"] = _range
+        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
+
+    def call_binop(self, context, op: str, left: Any, right: Any) -> Any:
+        if op == "**":
+            if (type(left) is int and type(right) is int and right > 0 and abs(left) > 1
+                    and right * abs(left).bit_length() > MAX_INT_BITS):
+                raise TemplateLimit(f"'{left} ** {right}' is too large (limit {MAX_INT_BITS:,} bits)")
+        elif op == "*":
+            _check_repeat(left, right, op)
+            _check_repeat(right, left, op)
+            if type(left) is int and type(right) is int and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                raise TemplateLimit(f"'*' would make an integer beyond {MAX_INT_BITS:,} bits")
+        elif op == "%":
+            _check_format_spec(left, "'%' formatting")
+        elif op == "+" and isinstance(left, (str, bytes, list, tuple)) and isinstance(right, type(left)):
+            cap = MAX_ITEMS if isinstance(left, (list, tuple)) else MAX_STR
+            if len(left) + len(right) > cap:
+                raise TemplateLimit(f"'+' would make a {type(left).__name__} of length {len(left) + len(right):,} "
+                                    f"items (limit {cap:,})")
+        return self.binop_table[op](left, right)
+
+    def call(__self, __context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - jinja2's signature
+        if getattr(__obj, "__self__", None).__class__ in (str, list, tuple):
+            _check_ints([*args, *kwargs.values()], f"{getattr(__obj, '__name__', 'call')}()")
+        for a in (*args, *kwargs.values()):  # stops doubling through macro arguments as well
+            _check_result(a, "a call argument")
+        return _check_result(super().call(__context, __obj, *args, **kwargs), "a call")
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapper = super().wrap_str_format(value)
+        if wrapper is None:
+            return None
+        fmt = value.__self__
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            _check_format_spec(fmt, "str.format")
+            return _check_result(wrapper(*args, **kwargs), "str.format")
+
+        return checked
+
+    def bounded_concat(self, context, parts: tuple) -> str:
+        joined = (markup_join if context.eval_ctx.autoescape else str_join)(parts)
+        return _check_result(joined, "'~'")
+
+
+def _bounded_filter(name: str, func: Callable) -> Callable:
+    """A filter that refuses huge size arguments (center(10**9), batch(10**9)...) and huge results."""
+    skip = 2 if hasattr(func, "jinja_pass_arg") else 1  # (context/env, value, ...) or (value, ...)
+    what = f"filter '{name}'"
+
+    @functools.wraps(func)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        _check_ints([*args[skip:], *kwargs.values()], what)
+        if name == "format" and len(args) > skip - 1:
+            _check_format_spec(args[skip - 1], what)
+        return _check_result(func(*args, **kwargs), what)
+
+    return bounded
+
+
+_ENV = _BoundedSandbox(
     undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False, trim_blocks=True,
     lstrip_blocks=True,
 )
@@ -159,20 +346,67 @@ def load_template(ref: str, extra_dirs: Sequence[Path | str] = ()) -> Template:
                      "— see `recon templates list`")
 
 
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise RenderTimeout in the main thread after `seconds` (re-raised every 0.25 s in case template
+    code swallowed it). A no-op in other threads or when another ITIMER_REAL timer is armed."""
+    if (seconds <= 0 or threading.current_thread() is not threading.main_thread()
+            or signal.getitimer(signal.ITIMER_REAL)[0] > 0):
+        yield
+        return
+
+    def on_alarm(signum, frame) -> None:
+        raise RenderTimeout(seconds)
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.25)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _bounded_join(pieces: Iterator[str], where: str) -> str:
+    out, total = [], 0
+    for piece in pieces:
+        total += len(piece)
+        if total > MAX_OUTPUT:
+            raise TemplateLimit(f"{where} renders more than {MAX_OUTPUT:,} characters")
+        out.append(piece)
+    return "".join(out)
+
+
 def render(t: Template, variables: Mapping) -> list[dict]:
-    """Render to chat messages; empty system parts are dropped."""
+    """Render to chat messages; empty system parts are dropped. Bounded in size and time (see top)."""
+    try:
+        with _time_limit(RENDER_TIME_LIMIT_S):
+            return _render(t, variables)
+    except RenderTimeout:
+        raise ReconError(f"template {t.id}: rendering took longer than {RENDER_TIME_LIMIT_S:g} s; "
+                         "simplify its loops") from None
+    except MemoryError:
+        raise ReconError(f"template {t.id}: ran out of memory while rendering; "
+                         "it builds too large a value") from None
+
+
+def _render(t: Template, variables: Mapping) -> list[dict]:
     messages = []
     for role, text in t.parts:
         try:
             if text.startswith(BLOCK):
                 compiled = _compile(text[len(BLOCK):], str(t.path))
                 context = compiled.new_context(dict(variables))
-                content = "".join(compiled.blocks[role](context)).strip()
+                content = _bounded_join(compiled.blocks[role](context), f"block '{role}'").strip()
             else:
-                content = _compile(text, str(t.path)).render(dict(variables)).strip()
+                compiled = _compile(text, str(t.path))
+                content = _bounded_join(compiled.root_render_func(compiled.new_context(dict(variables))),
+                                        f"part '{role}'").strip()
         except jinja2.UndefinedError as err:
             raise ReconError(f"template {t.id}: {err.message}; the record provides: "
                              f"{', '.join(sorted(variables)) or 'nothing'}") from None
+        except TemplateLimit as err:
+            raise ReconError(f"template {t.id}: refused, over a sandbox limit: {err}") from None
         except SecurityError as err:
             raise ReconError(f"template {t.id}: refused unsafe access ({err})") from None
         except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as err:

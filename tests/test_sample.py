@@ -473,3 +473,66 @@ def test_a_chat_template_that_rejects_the_messages_is_a_recon_error(tiny_model_d
         ReconError, match=r"rejected messages with roles \['system', 'user'\]: no system role"
     ):
         run(prompt_rows(1), model_dir)
+
+
+def test_a_cpu_allocator_failure_counts_as_out_of_memory_and_splits_the_batch():
+    import torch
+
+    from recon_data.backends.hf import is_oom
+
+    try:  # a real allocator failure: more bytes than any machine has
+        torch.empty(1 << 50, dtype=torch.uint8)
+    except RuntimeError as exc:
+        real = exc
+    assert "can't allocate memory" in str(real) and is_oom(real)
+    assert not is_oom(RuntimeError("shape mismatch"))
+
+
+def test_a_prompt_far_beyond_the_context_is_refused_by_index_before_tokenizing(tiny_model_dir):
+    from recon_data.backends.hf import PromptTooLong, load
+
+    be = load(str(tiny_model_dir), {}, 4)
+    huge = "word " * 1_000_000  # 5 MB: tokenizing and masking it would take seconds and gigabytes
+    prompts = [Prompt([{"role": "user", "content": c}], 0) for c in ("fine", huge, "also fine")]
+    with pytest.raises(PromptTooLong, match=r"at least .* tokens; with max_new_tokens=12 .* 1,024-token context") as e:
+        be.generate(prompts, SamplingParams(n=1, max_new_tokens=12), 0)
+    assert e.value.index == 1 and isinstance(e.value, ReconError)
+
+
+def test_a_prompt_just_over_the_context_in_tokens_is_refused_with_its_token_count(tiny_model_dir):
+    from recon_data.backends.hf import PromptTooLong, load
+
+    be = load(str(tiny_model_dir), {}, 4)
+    text = " ".join(f"w{i}" for i in range(700))  # short in characters, ~1,400+ tokens for the tiny BPE
+    prompts = [Prompt([{"role": "user", "content": "ok"}], 0), Prompt([{"role": "user", "content": text}], 0)]
+    with pytest.raises(PromptTooLong, match=r"has [\d,]+ tokens; with max_new_tokens=12") as err:
+        be.generate(prompts, SamplingParams(n=1, max_new_tokens=12), 0)
+    assert err.value.index == 1
+    with pytest.raises(ReconError, match="max_new_tokens=2000 leaves no room"):
+        be.generate(prompts[:1], SamplingParams(n=1, max_new_tokens=2000), 0)
+    # a prompt that fits still generates
+    out = be.generate(prompts[:1], SamplingParams(n=1, max_new_tokens=4), 0)
+    assert len(out) == 1 and out[0][0].completion_tokens <= 4
+
+
+def test_sampling_a_row_whose_prompt_overflows_the_context_is_a_one_line_recon_error(tiny_model_dir):
+    rows = prompt_rows(2)
+    rows[1]["gen_messages"][1]["content"] = "x " * 200_000
+    with pytest.raises(ReconError, match="cannot fit the 1,024-token context"):
+        run(rows, tiny_model_dir)
+
+
+def test_a_full_cache_disk_says_disk_full_and_keeps_the_chunks_already_written(tmp_path):
+    from recon_data.sample_cache import CachedSample, SampleCache
+
+    with SampleCache(tmp_path / "c") as cache:
+        cache.put_many({"a": CachedSample("kept", 1, 1, "stop")}, model_id="m", backend="b")
+        pages = cache._db.execute("PRAGMA page_count").fetchone()[0]
+        cache._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL, as on a full disk
+        big = {f"k{i}": CachedSample("x" * 4000, 1, 1, "stop") for i in range(50)}
+        with pytest.raises(ReconError, match=r"disk full while writing; free space and rerun") as err:
+            cache.put_many(big, model_id="m", backend="b")
+        assert "unreadable" not in str(err.value) and "--no-cache" not in str(err.value)
+        assert cache.get_many(["a", "k0"]).keys() == {"a"}
+    with SampleCache(tmp_path / "c") as cache:
+        assert cache.entries() == 1

@@ -82,3 +82,61 @@ def test_non_utf8_template_is_a_clear_error(tmp_path):
     path.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ReconError, match="not UTF-8"):
         load_template(str(path))
+
+
+BOMBS = {
+    "huge-range": ("{% for i in range(10**10) %}x{% endfor %}", "range()"),
+    "big-power": ("{{ 10 ** (10 ** 9) }}", "too large"),
+    "string-multiply": ("{{ task * 10**10 }}", "would repeat a str"),
+    "list-multiply": ("{{ (range(100000)|list) * 100000 }}", "would repeat a list"),
+    "plus-doubling": ("{% set ns = namespace(s='xx') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}"
+                      "{% endfor %}{{ ns.s }}", "'+'"),
+    "tilde-doubling": ("{% set ns = namespace(s='xx') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+                       "{% endfor %}{{ ns.s }}", "'~'"),
+    "macro-doubling": ("{% macro d(s, n) %}{{ d(s ~ s, n - 1) if n else s }}{% endmacro %}{{ d('xx', 60) }}",
+                       "'~'"),
+    "center-filter": ("{{ task|center(10**9) }}", "filter 'center'"),
+    "center-method": ("{{ task.center(10**9) }}", "center()"),
+    "printf-width": ("{{ '%0999999999d' % 1 }}", "format width"),
+    "format-filter-width": ("{{ '%0999999999d'|format(1) }}", "format width"),
+    "str-format-width": ("{{ '{:0999999999}'.format(1) }}", "format width"),
+}
+
+
+@pytest.mark.parametrize("name", list(BOMBS))
+def test_templates_that_would_eat_memory_or_cpu_are_refused_at_once(tmp_path, name):
+    source, fragment = BOMBS[name]
+    _write(tmp_path, "x/custom/bomb.jinja", "{% block user %}" + source + "{% endblock %}")
+    with pytest.raises(ReconError, match=r"template x/custom/bomb: refused, over a sandbox limit") as err:
+        render(load_template("x/custom/bomb", [tmp_path]), {"task": "t"})
+    assert fragment in str(err.value)
+
+
+def test_nested_loops_stop_at_the_render_time_limit_in_and_out_of_the_main_thread(tmp_path, monkeypatch):
+    import threading
+
+    import recon_data.templates as templates
+
+    monkeypatch.setattr(templates, "RENDER_TIME_LIMIT_S", 0.3)
+    _write(tmp_path, "x/custom/loops.jinja",
+           "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+    _write(tmp_path, "x/custom/lists.jinja",  # loops over a list: only the timer sees them
+           "{% set l = range(100000)|list %}{% for i in l %}{% for j in l %}{% endfor %}{% endfor %}")
+    for name in ("loops", "lists"):
+        with pytest.raises(ReconError, match=rf"template x/custom/{name}: rendering took longer than 0.3 s"):
+            render(load_template(f"x/custom/{name}", [tmp_path]), {})
+    caught = []
+    worker = threading.Thread(target=lambda: caught.append(pytest.raises(
+        ReconError, render, load_template("x/custom/loops", [tmp_path]), {})))
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive() and "longer than 0.3 s" in str(caught[0].value)
+
+
+def test_legitimate_operators_filters_and_ranges_still_render(tmp_path):
+    _write(tmp_path, "x/custom/ok.jinja",
+           "{{ '-' * 5 }} {{ 2 ** 10 }} {{ task ~ '!' }} {{ '%3d'|format(7) }} {{ '{:>3}'.format(1) }} "
+           "{{ range(5000)|length }} {{ (range(3000)|list)[-1] }} {{ [1] + [2] }} {{ 'ab' * 2 }} {{ 7 % 4 }}"
+           "{{ task|center(5) }}|{% for i in range(2000) %}{% endfor %}{{ big|length }}")
+    out = render(load_template("x/custom/ok", [tmp_path]), {"task": "t", "big": "y" * 5_000_000})
+    assert out == [{"role": "user", "content": "----- 1024 t!   7   1 5000 2999 [1, 2] abab 3  t  |5000000"}]

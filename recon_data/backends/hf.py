@@ -5,6 +5,10 @@ the model's chat template (`add_generation_prompt=True`), and the global torch R
 chunk seed right before the call. Same chunk + same seed => same tokens, whether or not the run was
 resumed. On out-of-memory the chunk is split in halves (each half seeded from the chunk seed and its
 position) down to one prompt; results after a split differ from an unsplit run, so a split is reported.
+Before generating, every prompt is checked against the model's context (prompt tokens + max_new_tokens);
+a prompt that cannot fit raises `PromptTooLong` (a ReconError carrying the prompt's index in the chunk,
+so the caller can name the record) instead of allocating a multi-gigabyte attention mask. A prompt whose
+character count alone proves it too long is refused without tokenizing it.
 This module must not cache, write files, or change global torch settings other than the RNG seed.
 """
 
@@ -51,6 +55,62 @@ def _load_model(path: str, dtype: str, device: str) -> tuple[Any, Any]:
     return _LOADED[key]
 
 
+class PromptTooLong(ReconError):
+    """A prompt that cannot fit the model's context; `index` is its position in the chunk's prompts."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def context_limit(model: Any, tok: Any) -> int | None:
+    """The model's context in tokens: config.max_position_embeddings, else a sane model_max_length."""
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    m = getattr(tok, "model_max_length", None)
+    return m if isinstance(m, int) and 0 < m < 10_000_000 else None  # transformers' "unset" is ~1e30
+
+
+def max_token_chars(tok: Any) -> int:
+    """Most characters one token can cover (its vocabulary string is at least as long), so a text of
+    L characters has at least L / max_token_chars tokens: a bound that needs no tokenizing."""
+    key = id(tok)
+    if _TOKEN_CHARS.get(key, (None,))[0] is not tok:
+        _TOKEN_CHARS.clear()
+        _TOKEN_CHARS[key] = (tok, max((len(t) for t in tok.get_vocab()), default=1) or 1)
+    return _TOKEN_CHARS[key][1]
+
+
+_TOKEN_CHARS: dict[int, tuple[Any, int]] = {}  # the loaded tokenizer's bound, computed once
+
+
+def check_prompt_fits(texts: Sequence[str], max_new_tokens: int, limit: int | None, model_id: str, *,
+                      lengths: Sequence[int] | None = None, chars_per_token: int = 1) -> None:
+    """Raise PromptTooLong for the first prompt that cannot fit `limit` with `max_new_tokens` new tokens.
+
+    Without `lengths` (token counts) only the bound len(text) / chars_per_token is applied, so a
+    5 MB prompt is refused before it is tokenized."""
+    if limit is None:
+        return
+    if max_new_tokens >= limit:
+        raise ReconError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {limit}-token "
+                         f"context of {model_id}: lower max_new_tokens")
+    room = limit - max_new_tokens
+    for i, text in enumerate(texts):
+        if lengths is not None:
+            n, how = int(lengths[i]), ""
+        else:
+            n, how = -(-len(text) // max(1, chars_per_token)), "at least "
+        if n > room:
+            raise PromptTooLong(
+                f"prompt of {len(text):,} characters has {how}{n:,} tokens; with max_new_tokens="
+                f"{max_new_tokens} it cannot fit the {limit:,}-token context of {model_id}: shorten the "
+                "record fields the template renders, or the template",
+                i,
+            )
+
+
 def _eos_ids(model: Any, tok: Any) -> set[int]:
     eos = model.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -64,8 +124,9 @@ def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     name = type(exc).__name__
+    text = str(exc).lower()
     return name == "OutOfMemoryError" or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+        isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
     )
 
 
@@ -123,7 +184,12 @@ def load(model: str, options: dict, batch_size: int) -> Backend:
         eos_ids = _eos_ids(hf_model, tok)
 
         texts = [render_chat(tok, p.messages, ref.path) for p in prompts]
+        limit = context_limit(hf_model, tok)
+        check_prompt_fits(texts, params.max_new_tokens, limit, ref.model_id,  # before tokenizing
+                          chars_per_token=max_token_chars(tok))
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        check_prompt_fits(texts, params.max_new_tokens, limit, ref.model_id,
+                          lengths=enc["attention_mask"].sum(dim=1).tolist())
         greedy = params.temperature == 0  # all n samples are the same sequence: generate it once
         per_prompt = 1 if greedy else params.n
         kwargs: dict[str, Any] = {
