@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from .errors import ReconError
+from .rows_io import read_rows, write_rows
 
 app = typer.Typer(
     help="Sample completions with a resumable cache.", no_args_is_help=True, add_completion=False
@@ -34,37 +34,6 @@ def _fail(err: ReconError) -> typer.Exit:
     return typer.Exit(err.exit_code)
 
 
-def read_prompt_rows(path: Path, limit: int | None = None) -> list[dict]:
-    """Prompt rows from .jsonl (one JSON object a line) or .parquet; ReconError names the bad line."""
-    if not path.is_file():
-        raise ReconError(f"prompts file {path} not found: pass a .jsonl or .parquet file of prompt rows")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-            raise ReconError(f"prompts file {path} is not readable Parquet: {exc}") from None
-        return rows[:limit] if limit is not None else rows
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise ReconError(
-                    f"{path} line {lineno}: invalid JSON ({exc.msg}); one JSON object per line"
-                ) from None
-            if not isinstance(row, dict):
-                raise ReconError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
-
-
 def parse_options(pairs: list[str]) -> dict[str, Any]:
     """`key=value` pairs; a value that parses as JSON (numbers, true, {...}) is taken as JSON."""
     options: dict[str, Any] = {}
@@ -77,28 +46,6 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
         except ValueError:
             options[key.strip()] = value
     return options
-
-
-def write_rows(rows: list[dict], out: Path) -> None:
-    """Write .parquet (typed sample columns) or .jsonl atomically: a temp file renamed into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        if out.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            from .sample import to_table
-
-            pq.write_table(to_table(rows), tmp)
-        else:
-            with open(tmp, "w", encoding="utf-8") as f:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @app.command("sample")
@@ -161,10 +108,10 @@ def sample(
 
     Example: recon sample --prompts prompts.jsonl --out samples.parquet --n 4 --model embedded
     """
-    from .sample import SamplingParams, sample_rows_with_stats
+    from .sample import SamplingParams, sample_rows_with_stats, to_table
 
     try:
-        rows = read_prompt_rows(prompts, limit)
+        rows = read_rows(prompts, what="prompts file", limit=limit)
         params = SamplingParams(
             n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
         )
@@ -179,7 +126,7 @@ def sample(
             progress=not quiet,
             messages_key=messages_key,
         )
-        write_rows(result, out)
+        write_rows(result, out, to_table=to_table)
     except ReconError as err:
         raise _fail(err) from None
     if not quiet:

@@ -10,8 +10,6 @@ and filters.py.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import typer
@@ -19,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import ReconError
+from .rows_io import read_rows, write_rows
 
 app = typer.Typer(
     help="Score sample rows and filter scored rows (files in, Parquet out).",
@@ -26,60 +25,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
-
-
-def read_rows(path: Path) -> list[dict]:
-    """Rows from a .parquet file or a JSONL file; one-line errors for missing or malformed files."""
-    if not path.is_file():
-        raise ReconError(f"input file {path} not found")
-    if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except (pa.ArrowException, OSError) as exc:
-            raise ReconError(f"cannot read Parquet file {path}: {exc}") from None
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise ReconError(
-                    f"{path}:{n}: not valid JSON ({exc}); expected one JSON object per line"
-                ) from None
-            if not isinstance(row, dict):
-                raise ReconError(f"{path}:{n}: expected a JSON object per line")
-            rows.append(row)
-    return rows
-
-
-def write_rows(rows: list[dict], path: Path) -> None:
-    """Write atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        if path.suffix == ".jsonl":
-            with open(tmp, "w", encoding="utf-8") as f:
-                for r in rows:
-                    f.write(json.dumps(r, sort_keys=True, default=str) + "\n")
-        else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            try:
-                table = pa.Table.from_pylist(rows)
-            except (pa.ArrowException, TypeError, ValueError) as exc:
-                raise ReconError(f"cannot write {path}: rows do not fit one Arrow schema ({exc})") from None
-            pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _value(text: str):

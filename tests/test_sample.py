@@ -423,7 +423,7 @@ def test_cli_reports_bad_input_in_one_line_with_exit_1_and_writes_nothing(tiny_m
     out = tmp_path / "out.parquet"
     res = _cli(["sample", "--prompts", str(prompts), "--out", str(out), "--model", str(tiny_model_dir)])
     assert res.exit_code == 1
-    assert "line 2: invalid JSON" in res.stderr and "Traceback" not in res.output
+    assert ".jsonl:2: invalid JSON" in res.stderr and "Traceback" not in res.output
     assert not out.exists()
     res = _cli(["sample", "--prompts", str(tmp_path / "missing.jsonl"), "--out", str(out)])
     assert res.exit_code == 1 and "not found" in res.stderr
