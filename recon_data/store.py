@@ -133,6 +133,28 @@ def _batches(data: pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch]) -> Iter
         yield from data
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(dataset_dir: Path) -> None:
+    """Delete temp folders of commits whose writer process is gone (killed mid-write on this machine).
+
+    A temp folder is named `.tmp-<pid>-<uuid>`; one whose pid is alive may be another writer's work in
+    progress and is left alone. Never visible as a version either way; this only reclaims the space.
+    """
+    for p in dataset_dir.glob(".tmp-*"):
+        pid = p.name.split("-")[1] if p.name.count("-") >= 2 else ""
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 class Store:
     """A store rooted at a local directory (created on first commit) or at an fsspec URL.
 
@@ -440,7 +462,8 @@ class Store:
         d = self.dataset_dir(name)
         try:
             d.mkdir(parents=True, exist_ok=True)
-            tmp = d / f".tmp-{uuid.uuid4().hex}"
+            _remove_stale_temps(d)
+            tmp = d / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
             tmp.mkdir()
         except OSError as err:
             raise ReconError(f"cannot write to store {self.root}: {err.strerror}") from None

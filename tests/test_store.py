@@ -153,6 +153,8 @@ def test_a_commit_killed_midway_leaves_no_visible_version(store_dir):
     assert store.connect().execute("select count(*) from information_schema.tables").fetchall() == [(0,)]
     ref = store.commit("killed", _table())
     assert ref.version == 1
+    # the killed writer's temp folder is reclaimed by the next commit
+    assert not list((store_dir / "datasets" / "killed").glob(".tmp-*"))
 
 
 CONCURRENT = textwrap.dedent("""
