@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import random
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -122,9 +123,7 @@ class SampleCache:
             ) from None
         try:
             self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._init_db()
             row = self._db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
             if row is None:
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
@@ -140,6 +139,27 @@ class SampleCache:
                 f"sampling cache {self.path} is unreadable ({exc}): delete it "
                 "(only cached completions are lost) or pass --no-cache"
             ) from None
+
+    def _init_db(self) -> None:
+        """WAL mode + schema, retried while another process initialises the same new file.
+
+        Switching the journal mode needs an exclusive lock and SQLite may answer 'database is locked' at
+        once instead of waiting (seen with several Ray workers opening one fresh cache together).
+        """
+        deadline = time.monotonic() + 60.0
+        delay = 0.02
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay + random.random() * delay)
+                delay = min(delay * 2, 0.5)
 
     def __enter__(self) -> SampleCache:
         return self

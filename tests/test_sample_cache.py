@@ -113,3 +113,27 @@ def test_an_unwritable_cache_dir_is_a_recon_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ReconError, match="cannot create sampling cache dir"):
         SampleCache(tmp_path / "file" / "cache")
+
+
+def _open_and_close(args):
+    path, barrier = args
+    from recon_data.sample_cache import SampleCache
+
+    barrier.wait()
+    SampleCache(path).close()
+    return True
+
+
+def test_many_processes_opening_one_fresh_cache_at_once_all_succeed(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for trial in range(5):  # the race needs a brand-new file each time
+        path = tmp_path / f"c{trial}"
+        barrier = ctx.Barrier(8)
+        procs = [ctx.Process(target=_open_and_close, args=((path, barrier),)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 8
