@@ -67,7 +67,7 @@ def bare_trl(rows: list[dict], model_path: Path, out: Path, *, steps: int, batch
         use_cpu=not cuda, bf16=False, gradient_checkpointing=False, save_strategy="no", disable_tqdm=True,
         dataloader_num_workers=0, dataloader_pin_memory=cuda, completion_only_loss=True, logging_steps=10,
     )  # fmt: skip
-    peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+    peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")  # fmt: skip
     trainer = SFTTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(examples),
                          processing_class=tokenizer, peft_config=peft)  # fmt: skip
@@ -83,7 +83,7 @@ def recon(rows: list[dict], model_path: Path, out: Path, *, steps: int, batch: i
           max_length: int, seed: int) -> float:  # fmt: skip
     from recon_data.train import train
 
-    path = train(rows, base_model=str(model_path), out_dir=out, lora={"r": 16, "alpha": 32, "dropout": 0.05},
+    path = train(rows, base_model=str(model_path), out_dir=out, lora={"r": 16, "alpha": 32, "dropout": 0.0},
                  epochs=1, learning_rate=lr, batch_size=batch, max_length=max_length, seed=seed,
                  dataset_ref="bench@1", extra={"max_steps": steps}, progress=False)  # fmt: skip
     return float(json.loads((path / "recon_model.json").read_text())["stats"]["train_samples_per_second"])

@@ -8,6 +8,7 @@ stays fast.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -109,6 +110,8 @@ def train_command(
     except ReconError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(err.exit_code) from None
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate launch: the main process reports
+        return
     meta = json.loads((path / "recon_model.json").read_text())
     stats = meta["stats"]
     typer.echo(

@@ -72,7 +72,7 @@ class FilterConfig(Strict):
 class LoraConfig(Strict):
     r: int = Field(default=16, ge=1)
     alpha: int = Field(default=32, ge=1)
-    dropout: float = Field(default=0.05, ge=0, lt=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
 
 

@@ -13,7 +13,10 @@ handing the examples to TRL). DPO builds one pair per record: the best- and wors
 that record under the same training prompt.
 
 The output folder is published atomically: training writes `<out>.tmp` and renames it when complete, so a
-killed run never leaves a folder that looks finished (a stale `.tmp` is removed by the next run). An
+killed run never leaves a folder that looks finished (a stale `.tmp` is removed by the next run). Under
+`torchrun` / `accelerate launch` every rank calls `train`; only the main process touches the output
+folders, the others wait for it at barriers, and the weights are gathered through `Trainer.save_model`
+(so DDP, FSDP and ZeRO-3 all work; a LoRA adapter is merged on the main process after gathering). An
 existing finished folder whose recorded training spec (base model, data fingerprint, dataset ref, method,
 hyperparameters) equals this call's is returned as is, so a resumed pipeline skips the work; any other
 existing folder is refused unless `extra={"overwrite": True}`, and then it is swapped out, never
@@ -47,7 +50,8 @@ log = logging.getLogger(__name__)
 
 METHODS = ("sft", "dpo")
 LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
-LORA_DEFAULTS = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
+# dropout 0 is PEFT's own default; on CPU, dropout on every LoRA input costs ~25% of a training step.
+LORA_DEFAULTS = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 # `extra` keys read here; every other key must be a field of TRL's SFTConfig / DPOConfig.
 OWN_EXTRA = {"overwrite", "score_column"}
 # Config fields that come from train()'s own arguments or bookkeeping; `extra` must not set them.
@@ -335,6 +339,32 @@ def _quiet(progress: bool) -> Iterator[None]:
         tf_logging.set_verbosity(verbosity)
 
 
+@contextlib.contextmanager
+def labelled_positions_only() -> Iterator[None]:
+    """Make TRL's fused LM head score only the labelled positions on CPU, as it already does on GPUs.
+
+    TRL 1.16 computes the loss in vocabulary tiles; on devices without Triton it projects *every* position
+    (prompt and padding included) through the LM head and masks afterwards, to keep tile shapes fixed for
+    compilers like Neuron. On CPU there is nothing to recompile and the loss is the same, while the head is
+    the largest cost of a step for a small model with a big vocabulary (measured on SmolLM2-135M with 40-token
+    completions: one training round 84 s -> 50 s, identical loss). Scoped to the training call and restored.
+    """
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(trl_utils, "_use_triton", None)
+    if not callable(original):  # a TRL without this switch: leave it alone
+        yield
+        return
+    trl_utils._use_triton = lambda device: getattr(device, "type", None) == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
 def trainer_config(
     method: str, *, output_dir: Path, epochs: float, learning_rate: float, batch_size: int, max_length: int,
     seed: int, extra: Mapping | None = None, progress: bool = True,
@@ -598,33 +628,52 @@ def train(
                 "delete it, or pass overwrite (extra.overwrite / --overwrite)"
             )
 
-    if tmp.exists() or tmp.is_symlink():
-        log.warning("train: removing %s left by an interrupted run", tmp)
-        _remove(tmp)
-    tmp.mkdir(parents=True)
+    # Under torchrun every rank gets here with the same decision; only the main process touches folders.
+    procs = _processes()
+    if procs.is_main_process:
+        if tmp.exists() or tmp.is_symlink():
+            log.warning("train: removing %s left by an interrupted run", tmp)
+            _remove(tmp)
+        tmp.mkdir(parents=True)
+    procs.wait_for_everyone()
     try:
-        with _quiet(progress):
-            meta = _train_into(tmp, ref, method, examples, config, lora_cfg, progress)
-        if pair_stats is not None:
-            meta["stats"]["dpo_pairs"] = dataclasses.asdict(pair_stats)
-        meta.update(
-            model_id=f"recon/{out_dir.name}", dataset=dataset_ref, method=method, base_model=base,
-            data_sha256=spec["data_sha256"], hyperparameters=hyper, spec=spec,
-        )  # fmt: skip
-        (tmp / "README.md").write_text(_model_card(meta))
-        (tmp / "recon_model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        _publish(tmp, out_dir)
+        with _quiet(progress), labelled_positions_only():
+            meta = _train_into(tmp, ref, method, examples, config, lora_cfg, progress, procs)
+        if procs.is_main_process:
+            if pair_stats is not None:
+                meta["stats"]["dpo_pairs"] = dataclasses.asdict(pair_stats)
+            meta.update(
+                model_id=f"recon/{out_dir.name}", dataset=dataset_ref, method=method, base_model=base,
+                data_sha256=spec["data_sha256"], hyperparameters=hyper, spec=spec,
+            )  # fmt: skip
+            (tmp / "README.md").write_text(_model_card(meta))
+            (tmp / "recon_model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+            _publish(tmp, out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if procs.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    procs.wait_for_everyone()  # every rank returns a published folder
     return out_dir
+
+
+def _processes() -> Any:
+    """accelerate's view of the launch (one process, or torchrun/accelerate launch ranks).
+
+    Built after the trainer config, whose device setup already initialised it, so this is the same state
+    the Trainer uses (CPU ranks talk over gloo, GPU ranks over NCCL).
+    """
+    from accelerate import PartialState
+
+    return PartialState()
 
 
 def _train_into(
     tmp: Path, ref: ModelRef, method: str, examples: list[dict], config: Any, lora_cfg: dict | None,
-    progress: bool,
-) -> dict:  # fmt: skip
-    """Load, train, merge and save into `tmp`; returns the metadata for recon_model.json."""
+    progress: bool, procs: Any,
+) -> dict | None:  # fmt: skip
+    """Load, train, merge and save into `tmp`; returns the metadata for recon_model.json (None off the
+    main process)."""
     from transformers import set_seed
 
     set_seed(config.seed)
@@ -649,15 +698,20 @@ def _train_into(
     started = time.perf_counter()
     result = trainer.train()
     train_seconds = time.perf_counter() - started
-    trained = trainer.model.merge_and_unload() if lora_cfg is not None else trainer.model
-    trained.config.use_cache = True
-    trained.save_pretrained(tmp)
+    if procs.num_processes == 1:
+        trained = trainer.model.merge_and_unload() if lora_cfg is not None else trainer.model
+        trained.config.use_cache = True
+        trained.save_pretrained(tmp)
+    else:
+        _save_gathered(trainer, tmp, ref, lora_cfg is not None, procs)
+    if not procs.is_main_process:
+        return None
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(config.output_dir, ignore_errors=True)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     stats = {
         **lengths, "trained_examples": len(trainer.train_dataset), "steps": trainer.state.global_step,
-        "train_seconds": round(train_seconds, 3),
+        "processes": procs.num_processes, "train_seconds": round(train_seconds, 3),
         "train_samples_per_second": result.metrics.get("train_samples_per_second"),
     }  # fmt: skip
     return {
@@ -667,3 +721,32 @@ def _train_into(
         "stats": stats,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _save_gathered(trainer: Any, tmp: Path, ref: ModelRef, lora: bool, procs: Any) -> None:
+    """Save a model trained by several processes into `tmp` as one plain folder.
+
+    `Trainer.save_model` is collective: it gathers DDP/FSDP/ZeRO-3 weights and writes on the main process
+    only. A LoRA adapter is saved that way and then merged, on the main process, into a fresh copy of the
+    base weights, because under FSDP/ZeRO-3 no single rank holds the merged model.
+    """
+    target = tmp / "_adapter" if lora else tmp
+    trainer.save_model(str(target))
+    procs.wait_for_everyone()
+    if not procs.is_main_process:
+        return
+    if lora:
+        from peft import PeftModel
+
+        base, _ = load_base(ref)
+        merged = PeftModel.from_pretrained(base, str(target)).merge_and_unload()
+        merged.config.use_cache = True
+        merged.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(tmp)
+        config.use_cache = True
+        config.save_pretrained(tmp)
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # Trainer's pickle, not part of a model folder

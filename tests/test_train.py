@@ -398,3 +398,55 @@ def test_cli_trains_from_parquet_and_reports_bad_data_in_one_line(tiny_model_dir
         args = ["train", "--data", str(path), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")]
         result = runner.invoke(app, args)
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------------ several processes
+
+
+@pytest.mark.parametrize("lora_r", [8, 0], ids=["lora", "full"])
+def test_torchrun_with_two_ranks_publishes_one_merged_folder(tiny_model_dir, tmp_path, lora_r):
+    """Both ranks run `recon train`; only the main one writes; the published folder is a plain model."""
+    data = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist(sft_rows(16)), data)
+    out = tmp_path / "m"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "recon_data.cli", "train",
+         "--data", str(data), "--model", str(tiny_model_dir), "--out", str(out), "--lora-r", str(lora_r),
+         "--epochs", "2", "--lr", "1e-2", "--batch-size", "2", "--max-length", "128", "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained recon/m") == 1, proc.stdout  # the main process reports, once
+    meta = json.loads((out / "recon_model.json").read_text())
+    assert meta["stats"]["processes"] == 2
+    assert meta["stats"]["steps"] == 8  # 16 rows / (2 per rank x 2 ranks) x 2 epochs: the data was split
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "rows.parquet"]  # no .tmp / .old left
+    assert not {"_adapter", "_trainer", "training_args.bin"} & {p.name for p in out.iterdir()}
+    trained, base = state(out), state(tiny_model_dir)
+    assert set(trained) == set(base)  # a plain (merged) model, no adapter keys
+    assert any(not torch.equal(trained[k], base[k]) for k in base)
+    tokenized = tokenize_for_sft(pa.Table.from_pylist(sft_rows(16)), tiny_model_dir, 128, tmp_path / "work")
+    assert completion_loss(out, tokenized) < completion_loss(tiny_model_dir, tokenized) - 0.3
+
+
+def test_cpu_fast_loss_path_matches_trl_own_path(tiny_model_dir, tmp_path, monkeypatch):
+    """Scoring only labelled positions on CPU (`labelled_positions_only`) must not change what is learned."""
+    import contextlib
+
+    import trl.trainer.utils as trl_utils
+
+    from recon_data import train as train_mod
+
+    with train_mod.labelled_positions_only():
+        assert trl_utils._use_triton(torch.device("cpu")) is True  # the switch is really flipped...
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # ...and restored
+    rows = sft_rows(8)
+    fast = run_train(rows, tiny_model_dir, tmp_path / "fast", epochs=3, learning_rate=1e-2)
+    monkeypatch.setattr(train_mod, "labelled_positions_only", contextlib.nullcontext)
+    slow = run_train(rows, tiny_model_dir, tmp_path / "slow", epochs=3, learning_rate=1e-2)
+    loss = [json.loads((p / "recon_model.json").read_text())["train_loss"] for p in (fast, slow)]
+    assert loss[0] == pytest.approx(loss[1], rel=1e-5)
+    a, b = state(fast), state(slow)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
