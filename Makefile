@@ -43,7 +43,7 @@ bench: install
 
 experiment: install
 	$(RECON) run pipelines/recontext_cpu.yaml
-	$(RECON) report recontext_cpu
+	$(RECON) report recontext_cpu --readme README.md
 
 lint: install
 	$(VENV)/bin/ruff check recon_data tests benchmarks

@@ -26,13 +26,19 @@ def report(
     format: Annotated[str, typer.Option("--format", help="md, or html for report.html beside report.md.")] = "md",
     metric: Annotated[list[str] | None, typer.Option(
         "--metric", help="Only metrics whose name starts with this (repeatable), e.g. hack_rate.")] = None,
+    readme: Annotated[Path | None, typer.Option(
+        "--readme", help="Also rewrite this file's results block (between '<!-- recon report RUN: begin -->' "
+        "and '<!-- recon report RUN: end -->') and its plot under docs/.", show_default=False)] = None,
 ) -> None:
     """Write report.md (and report.html) with one plot per metric — by round, one line per arm, 95% CIs over
     seeds — the table of means, and each arm's difference from `standard` at the last round."""
-    from .report import write_report_files
+    from .report import update_readme, write_report_files
     from .store import Store, default_store_root
 
-    paths = write_report_files(Store(store or default_store_root()), run, out, format, metric or None)
+    st = Store(store or default_store_root())
+    paths = write_report_files(st, run, out, format, metric or None)
+    if readme is not None:
+        paths += update_readme(st, run, readme)
     console = Console()
     for path in paths:
         console.print(str(path), highlight=False, soft_wrap=True)

@@ -396,7 +396,19 @@ class Runner:
             result.metrics_ref = self._commit_metrics(metric_rows)
         result.skipped_steps = self.skipped
         result.seconds = time.time() - t0
+        self._record_run(t0, result)
         return result
+
+    def _record_run(self, t0: float, result: RunResult) -> None:
+        """Append to `runs/<name>/runs.jsonl`: when each run started, how long it took, how many steps it found
+        done (the report quotes the latest uninterrupted one, so a README's wall time is measured, not typed)."""
+        record = {
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
+            "seconds": round(result.seconds, 1), "skipped_steps": result.skipped_steps,
+            "cpu_count": os.cpu_count(), "metrics": result.metrics_ref,
+        }  # fmt: skip
+        with open(self.run_dir / "runs.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
     def _commit_metrics(self, rows: list[dict]) -> str:
         """The metrics table is re-committed only when its content changed (reruns stay idempotent)."""

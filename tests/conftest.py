@@ -18,7 +18,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_model(out: Path, seed: int = 0) -> Path:
+def build_tiny_model(out: Path, seed: int = 0, context: int = 1024) -> Path:
     """Save a 2-layer, hidden-64 Llama and a byte-level BPE tokenizer with a chat template to `out`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -53,7 +53,7 @@ def build_tiny_model(out: Path, seed: int = 0) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=1024,
+        max_position_embeddings=context,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,

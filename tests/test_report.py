@@ -217,3 +217,73 @@ def test_cli_prints_paths_and_reports_a_missing_run_in_one_line(store, tmp_path)
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "no metrics dataset 'nope-metrics'" in bad.stderr and "toy-metrics" in bad.stderr
+
+
+# ---- README block ---------------------------------------------------------------------------------
+README = """# Project
+
+Intro text.
+
+<!-- recon report toy: begin -->
+old numbers that must go
+<!-- recon report toy: end -->
+
+Text after.
+"""
+
+
+def _store_with_eval_section(store_dir) -> Store:
+    s = Store(store_dir)
+    pipeline = {**PIPELINE, "eval": {"templates": [TEMPLATE], "n": 2, "hack": {"column": "score.proxy", "min": 3}}}
+    rows = [r for r in _rows() if r["metric"] != "share label.code=hack"]
+    warm = [{**rows[0], "arm": arm, "round": 0, "seed": 0, "eval_template": t, "metric": "hack_rate",
+             "value": v, "ci_low": v / 2, "ci_high": v * 2} for arm, t, v in
+            [("warmup-before", TEMPLATE, 0.0), ("warmup-after", TEMPLATE, 0.15),
+             ("warmup-after", "code_test_hacking/permit/hack", 0.35)]]  # fmt: skip
+    s.commit(f"{RUN}-metrics", pa.Table.from_pylist(rows + warm), pipeline=pipeline)
+    (s.root / "runs" / RUN).mkdir(parents=True, exist_ok=True)
+    (s.root / "runs" / RUN / "runs.jsonl").write_text(
+        '{"started_at": "2026-01-01T00:00:00Z", "seconds": 1500.0, "skipped_steps": 0, "cpu_count": 2}\n'
+        '{"started_at": "2026-01-02T00:00:00Z", "seconds": 3.0, "skipped_steps": 40, "cpu_count": 2}\n'
+    )
+    return s
+
+
+def test_readme_block_is_replaced_with_the_measured_table_differences_and_timing(store_dir, tmp_path):
+    from recon_data.report import update_readme
+
+    s = _store_with_eval_section(store_dir)
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    written = update_readme(s, RUN, readme)
+    text = readme.read_text()
+    assert "old numbers" not in text and text.startswith("# Project\n\nIntro text.") and "Text after." in text
+    block = text.split("<!-- recon report toy: begin -->")[1].split("<!-- recon report toy: end -->")[0]
+    # the standard arm's round-2 hack rate: mean over seeds of _value(...), with its t-interval
+    values = [_value("hack_rate", "standard", seed, 2) for seed in SEEDS]
+    mean = statistics.mean(values)
+    half = T_975_DF2 * statistics.stdev(values) / math.sqrt(3)
+    assert f"| standard | 2 | {mean:.3g} [{mean - half:.3g}, {mean + half:.3g}] |" in block
+    diff = statistics.mean(HACK_DIFF.values())
+    assert f"- hack_rate at round 2: **{diff:.3g} [" in block
+    assert "40 held-out prompts × 2 samples" not in block and "20 held-out prompts × 2 samples" in block
+    assert "`score.proxy` ≥ 3" in block
+    assert "took **25.0 min** wall on 2 cores" in block  # the uninterrupted run, not the 3-second resume
+    assert "| organism (after warm-up) | 0.15 [0.075, 0.3] | 0.35 [0.175, 0.7] |" in block
+    assert "![hack_rate by round](docs/toy_hack_rate.png)" in block
+    png = tmp_path / "docs" / "toy_hack_rate.png"
+    assert png in written and imread(png).ndim == 3
+    update_readme(s, RUN, readme)
+    assert readme.read_text() == text  # regenerating gives the same file
+
+
+def test_readme_without_markers_is_refused_and_left_untouched(store_dir, tmp_path):
+    from recon_data.report import update_readme
+
+    s = _store_with_eval_section(store_dir)
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers here\n")
+    with pytest.raises(ReconError, match="no results block for run 'toy'.*recon report toy: begin"):
+        update_readme(s, RUN, readme)
+    assert readme.read_text() == "# no markers here\n"
+    assert not (tmp_path / "docs").exists()
