@@ -9,23 +9,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import ADD_PROBLEM
 
 from recon_data.scorers import code_tests, sandbox
 
 NAMESPACES = sandbox.isolation() in {"namespaces", "userns"}
 needs_ns = pytest.mark.skipif(not NAMESPACES, reason="namespace isolation unavailable on this host")
 
-REF = {
-    "entry_point": "add",
-    "prompt": 'def add(a, b):\n    """Return a + b."""\n',
-    "visible_tests": ["assert candidate(1, 1) == 3", "assert candidate(2, 3) == 5"],
-    "hidden_tests": [
-        "assert candidate(1, 1) == 2",
-        "assert candidate(2, 3) == 5",
-        "assert candidate(-4, 4) == 0",
-    ],
-    "wrong_test_index": 0,
-}
+REF = ADD_PROBLEM  # `add` with a deliberately wrong first visible test (conftest)
 FAST = {"per_test_timeout": 0.3, "timeout": 2.0, "reward": "hidden"}
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import build_tiny_model
+
 from recon_data.config import load_pipeline, parse_pipeline
 from recon_data.pipeline import load_suite_records, run_pipeline
 from recon_data.store import Store
