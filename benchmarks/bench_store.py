@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from _common import REPO, best_time, main, result
+from _common import REPO, best_time, best_time_pair, main, result
 
 from recon_data.store import Store
 
@@ -55,10 +55,9 @@ def bench_write_read(table: pa.Table, root: Path, repeat: int) -> list[dict]:
     store = Store(root / "store")
     n = table.num_rows
     bare = root / "bare.parquet"
-    t_commit = best_time(lambda: store.commit("bench", table), repeat)
-    t_write = best_time(lambda: pq.write_table(table, bare, compression="zstd"), repeat)
-    t_read = best_time(lambda: store.read("bench"), repeat)
-    t_bare_read = best_time(lambda: pq.read_table(bare), repeat)
+    t_commit, t_write = best_time_pair(lambda: store.commit("bench", table),
+                                       lambda: pq.write_table(table, bare, compression="zstd"), repeat)
+    t_read, t_bare_read = best_time_pair(lambda: store.read("bench"), lambda: pq.read_table(bare), repeat)
     assert store.read("bench").equals(table)
     log(f"write/read {n:,} rows: commit {t_commit:.2f}s vs {t_write:.2f}s, read {t_read:.2f}s vs {t_bare_read:.2f}s")
     return [
@@ -83,8 +82,8 @@ def bench_duckdb(root: Path, repeat: int) -> list[dict]:
         return sorted((seed, n, round(mean, 9)) for seed, n, mean in c.execute(sql).fetchall())
 
     assert answer(con, recon_sql) == answer(bare, bare_sql)
-    t_view = best_time(lambda: con.execute(recon_sql).fetchall(), repeat + 2)
-    t_bare = best_time(lambda: bare.execute(bare_sql).fetchall(), repeat + 2)
+    t_view, t_bare = best_time_pair(lambda: con.execute(recon_sql).fetchall(),
+                                    lambda: bare.execute(bare_sql).fetchall(), repeat + 4)
     versions = len(store.versions("bench"))
     log(f"duckdb group-by: view {t_view * 1e3:.1f} ms vs bare {t_bare * 1e3:.1f} ms; connect {t_connect * 1e3:.1f} ms")
     return [
@@ -203,9 +202,9 @@ def run(quick: bool = False) -> list[dict]:
         root = Path(tmp)
         log(f"building a {n:,}-row table")
         table = make_table(n)
-        out += bench_write_read(table, root, repeat=2 if quick else 3)
+        out += bench_write_read(table, root, repeat=4 if quick else 3)
         del table
-        out += bench_duckdb(root, repeat=2 if quick else 3)
+        out += bench_duckdb(root, repeat=4 if quick else 3)
         out += bench_growth(sizes, root)
         out += bench_connect_many(root, 50 if quick else 200)
     out += bench_peak_rss(n)
