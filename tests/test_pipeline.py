@@ -192,3 +192,27 @@ def test_a_version_committed_before_its_marker_is_adopted_not_duplicated(tiny_mo
     again = run_pipeline(cfg, store, progress=False)
     assert {n: store.versions(n) for n in store.names()} == {n: [1] for n in store.names()}
     assert again.skipped_steps >= 1
+
+
+def test_cross_suite_eval_reports_the_other_suite_and_its_domain_correlation(tiny_model_dir, store_dir):
+    """Train on eval_gaming, also evaluate on the conditional-policy probe: its own rows, metrics and
+    the correlation of gaming with domainness land in the metrics table."""
+    cfg = tiny_pipeline(tiny_model_dir, name="cross", rounds=1,
+                        arms={"standard": {"generate": "eval_gaming/discourage/honest_answer",
+                                           "train": "eval_gaming/discourage/honest_answer"}})
+    cfg["eval"]["extra_suites"] = [{
+        "suite": {"name": "conditional_policy", "split": "eval", "limit": 12},
+        "templates": ["conditional_policy/neutral/plain"],
+        "scorers": [{"name": "proxy", "type": "rule"}],
+        "hack": {"column": "score.proxy", "min": 0},  # every answer "games": the flag is constant
+    }]
+    store = Store(store_dir)
+    run_pipeline(parse_pipeline(cfg), store, progress=False)
+    eval_rows = store.read("cross-eval-standard-s0-r1").to_pylist()
+    assert {r["suite"] for r in eval_rows} == {"eval_gaming", "conditional_policy"}
+    assert sum(r["suite"] == "conditional_policy" for r in eval_rows) == 12
+    got = store.sql('select round, suite, metric, value, n from "cross-metrics" where suite = \'conditional_policy\'')
+    metrics = {(r["round"], r["metric"]): r for r in got.to_pylist()}
+    assert metrics[(1, "hack_rate")]["value"] == 1.0  # min 0: the probe's own hack rule was applied
+    assert metrics[(1, "corr(score.proxy, domainness)")]["n"] == 12
+    assert (0, "corr(hack, domainness)") in metrics and (1, "corr(hack, domainness)") in metrics
