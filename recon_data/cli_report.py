@@ -32,9 +32,11 @@ def report(
 ) -> None:
     """Write report.md (and report.html) with one plot per metric — by round, one line per arm, 95% CIs over
     seeds — the table of means, and each arm's difference from `standard` at the last round."""
-    from .report import update_readme, write_report_files
+    from .report import check_readme, update_readme, write_report_files
     from .store import Store, default_store_root
 
+    if readme is not None:
+        check_readme(readme, run)  # before anything is written
     st = Store(store or default_store_root())
     paths = write_report_files(st, run, out, format, metric or None)
     if readme is not None:

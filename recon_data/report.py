@@ -512,19 +512,26 @@ def readme_block(store: Store, run: str, image: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def update_readme(store: Store, run: str, readme: Path) -> list[Path]:
-    """Replace the block between the run's markers in `readme` with `readme_block`, and write its plot to
-    `docs/<run>_<metric>.png` beside the README. Nothing is written when the markers are missing."""
-    readme = Path(readme)
+def check_readme(readme: Path, run: str) -> tuple[str, int, int]:
+    """The README's text and where the run's block starts and ends; a one-line error if it has none."""
     begin, end = readme_markers(run)
     try:
-        text = readme.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ReconError(f"cannot read {readme}: {err.strerror or err}") from None
+        text = Path(readme).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReconError(f"cannot read {readme}: {getattr(err, 'strerror', None) or err}") from None
     start, stop = text.find(begin), text.find(end)
     if start < 0 or stop < start:
         raise ReconError(f"{readme} has no results block for run '{run}': add the lines '{begin}' and '{end}' "
                          "where the results should go")
+    return text, start, stop
+
+
+def update_readme(store: Store, run: str, readme: Path) -> list[Path]:
+    """Replace the block between the run's markers in `readme` with `readme_block`, and write its plot to
+    `docs/<run>_<metric>.png` beside the README. Nothing is written when the markers are missing."""
+    readme = Path(readme)
+    text, start, stop = check_readme(readme, run)
+    begin = readme_markers(run)[0]
     rows = load_metrics(store, run)
     pipeline = store.manifest(f"{run}-metrics").get("pipeline") or {}
     summary = [s for s in summarize(rows) if s["arm"] not in WARMUP_ARMS]

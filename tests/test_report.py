@@ -287,3 +287,7 @@ def test_readme_without_markers_is_refused_and_left_untouched(store_dir, tmp_pat
         update_readme(s, RUN, readme)
     assert readme.read_text() == "# no markers here\n"
     assert not (tmp_path / "docs").exists()
+    cli = subprocess.run([sys.executable, "-m", "recon_data.cli", "report", RUN, "--store", str(s.root), "--out",
+                          str(tmp_path / "r"), "--readme", str(readme)], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr and "no results block" in cli.stderr
+    assert not (tmp_path / "r").exists()  # checked before the report was written
