@@ -85,6 +85,9 @@ class TrainConfig(Strict):
     max_length: int = Field(default=512, ge=16)
     start_from: Literal["previous", "base"] = "previous"
     extra: dict[str, Any] = Field(default_factory=dict)
+    # Run each training step as `<launcher> -m recon_data.train <spec.json>`, e.g.
+    # "torchrun --standalone --nproc_per_node 8" or "accelerate launch --config_file pipelines/accelerate/fsdp2.yaml"
+    launcher: str | None = None
 
 
 class HackRule(Strict):

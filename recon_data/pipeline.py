@@ -269,7 +269,7 @@ class Runner:
 
     def train_step(self, arm: str, seed: int, rnd: int, dataset_ref: str, start: ModelRef,
                    train_cfg=None) -> ModelRef:
-        from .train import train
+        from .train import launch, train
 
         t = train_cfg or self.cfg.train
         step = f"{self.cfg.name}-{arm}-s{seed}-r{rnd}-train"
@@ -287,12 +287,15 @@ class Runner:
         extra = dict(t.extra)
         if t.method == "dpo":
             extra.setdefault("score_column", f"score.{self.cfg.scorers[0].name}")
-        path = train(
-            rows, base_model=str(start.path), out_dir=out, method=t.method,
-            lora=t.lora.model_dump() if t.lora else None, epochs=t.epochs, learning_rate=t.learning_rate,
-            batch_size=t.batch_size, max_length=t.max_length, seed=seed, dataset_ref=dataset_ref,
-            extra=extra, progress=self.progress,
+        kwargs = dict(
+            base_model=str(start.path), method=t.method, lora=t.lora.model_dump() if t.lora else None,
+            epochs=t.epochs, learning_rate=t.learning_rate, batch_size=t.batch_size, max_length=t.max_length,
+            seed=seed, dataset_ref=dataset_ref, extra=extra, progress=self.progress,
         )
+        if t.launcher:  # several processes (torchrun / accelerate launch); they publish `out` themselves
+            path = launch(t.launcher, rows, out_dir=out, work_dir=out.with_name(out.name + ".launch"), **kwargs)
+        else:
+            path = train(rows, out_dir=out, **kwargs)
         self.steps.put(step, key, model=str(path))
         return resolve_model(str(path))
 

@@ -750,3 +750,79 @@ def _save_gathered(trainer: Any, tmp: Path, ref: ModelRef, lora: bool, procs: An
         config.use_cache = True
         config.save_pretrained(tmp)
         (tmp / "training_args.bin").unlink(missing_ok=True)  # Trainer's pickle, not part of a model folder
+
+
+# ------------------------------------------------------------------------------------------ launched runs
+
+
+def launch(launcher: str, rows: pa.Table, *, out_dir: Path, work_dir: Path, **kwargs: Any) -> Path:
+    """Run `train` in a multi-process job: `<launcher> -m recon_data.train <spec.json>`.
+
+    The rows go to a Parquet file and the arguments to a JSON spec beside it, so every rank trains on
+    exactly what an in-process call would get. The job's output is passed through; on failure its last
+    lines are in the one-line error. The output folder is published by the job itself (see `train`).
+    """
+    import collections
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    try:
+        prefix = shlex.split(launcher)
+    except ValueError as err:
+        raise ReconError(f"train: launcher {launcher!r} is not a valid command line: {err}") from None
+    if not prefix:
+        raise ReconError("train: launcher is empty; leave it unset to train in this process")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    data = work_dir / "rows.parquet"
+    pq.write_table(rows, data)
+    spec = work_dir / "spec.json"
+    spec.write_text(json.dumps({**kwargs, "data": str(data), "out_dir": str(out_dir)}, default=str))
+    cmd = [*prefix, "-m", "recon_data.train", str(spec)]
+    tail: collections.deque[str] = collections.deque(maxlen=8)
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except OSError as err:
+        raise ReconError(f"train: cannot start launcher {prefix[0]!r}: {err.strerror or err}") from None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stderr.write(line)
+        if line.strip():
+            tail.append(line.strip())
+    if proc.wait() != 0:
+        errors = [t for t in tail if "Error" in t or "error:" in t] or list(tail)
+        raise ReconError(f"train: launched job `{shlex.join(cmd)}` failed with exit code {proc.returncode}: "
+                         f"{errors[-1][:300] if errors else 'no output'}")
+    if not (out_dir / "recon_model.json").is_file():
+        raise ReconError(f"train: launched job `{shlex.join(cmd)}` exited 0 but published no model at {out_dir}")
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return out_dir
+
+
+def _main(argv: list[str]) -> int:
+    """Entry point of a launched rank: `python -m recon_data.train SPEC.json` (see `launch`)."""
+    import sys
+
+    import pyarrow.parquet as pq
+
+    if len(argv) != 1:
+        sys.stderr.write("usage: python -m recon_data.train SPEC.json (written by recon_data.train.launch)\n")
+        return 2
+    try:
+        spec = json.loads(Path(argv[0]).read_text())
+        rows = pq.read_table(spec.pop("data"))
+        train(rows, out_dir=Path(spec.pop("out_dir")), **spec)
+    except ReconError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_main(sys.argv[1:]))

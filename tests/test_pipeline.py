@@ -216,3 +216,36 @@ def test_cross_suite_eval_reports_the_other_suite_and_its_domain_correlation(tin
     assert metrics[(1, "hack_rate")]["value"] == 1.0  # min 0: the probe's own hack rule was applied
     assert metrics[(1, "corr(score.proxy, domainness)")]["n"] == 12
     assert (0, "corr(hack, domainness)") in metrics and (1, "corr(hack, domainness)") in metrics
+
+
+def test_training_steps_run_under_a_launcher_with_two_ranks(tiny_model_dir, store_dir):
+    """`train.launcher` runs each training step as a torchrun job; the run goes on with its model."""
+    launcher = f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2"
+    cfg = tiny_pipeline(tiny_model_dir, name="ranks", rounds=2,
+                        arms={"standard": {"generate": "eval_gaming/discourage/honest_answer",
+                                           "train": "eval_gaming/discourage/honest_answer"}})
+    cfg["train"]["launcher"] = launcher
+    store = Store(store_dir)
+    result = run_pipeline(parse_pipeline(cfg), store, progress=False)
+    for rnd in (1, 2):
+        meta = json.loads((Path(result.models[f"standard/s0/r{rnd}"]) / "recon_model.json").read_text())
+        assert meta["stats"]["processes"] == 2 and meta["dataset"] == f"ranks-standard-s0-r{rnd}@1"
+    models_dir = store.root / "runs" / "ranks" / "models"
+    assert all(p.name.startswith("standard-s0-r") and "." not in p.name for p in models_dir.iterdir())
+    assert {(m["arm"], m["round"]) for m in result.metrics} >= {("standard", 1), ("standard", 2)}
+
+
+@pytest.mark.parametrize("launcher, message", [
+    ("no-such-launcher-xyz", "cannot start launcher 'no-such-launcher-xyz'"),
+    (f"{sys.executable} -c 'import sys; sys.exit(3)'", "failed with exit code 3"),
+])
+def test_a_broken_launcher_is_a_one_line_error_and_no_model(tiny_model_dir, store_dir, launcher, message):
+    from recon_data.errors import ReconError
+
+    cfg = tiny_pipeline(tiny_model_dir, name="broken", rounds=1,
+                        arms={"standard": {"generate": "eval_gaming/discourage/honest_answer",
+                                           "train": "eval_gaming/discourage/honest_answer"}})
+    cfg["train"]["launcher"] = launcher
+    with pytest.raises(ReconError, match=message):
+        run_pipeline(parse_pipeline(cfg), Store(store_dir), progress=False)
+    assert not list((Path(store_dir) / "runs" / "broken" / "models").glob("*/recon_model.json"))
