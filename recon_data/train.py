@@ -28,13 +28,18 @@ This module does not sample, score, filter or relabel, never downloads a model, 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
+import os
+import shlex
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
@@ -762,12 +767,6 @@ def launch(launcher: str, rows: pa.Table, *, out_dir: Path, work_dir: Path, **kw
     exactly what an in-process call would get. The job's output is passed through; on failure its last
     lines are in the one-line error. The output folder is published by the job itself (see `train`).
     """
-    import collections
-    import os
-    import shlex
-    import subprocess
-    import sys
-
     import pyarrow.parquet as pq
 
     try:
@@ -805,8 +804,6 @@ def launch(launcher: str, rows: pa.Table, *, out_dir: Path, work_dir: Path, **kw
 
 def _main(argv: list[str]) -> int:
     """Entry point of a launched rank: `python -m recon_data.train SPEC.json` (see `launch`)."""
-    import sys
-
     import pyarrow.parquet as pq
 
     if len(argv) != 1:
@@ -823,6 +820,4 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     raise SystemExit(_main(sys.argv[1:]))
