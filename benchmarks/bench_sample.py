@@ -142,13 +142,18 @@ def bench_transformers(rows, params, batch_size, repeats) -> dict:
         )
         base_rates.append(tokens / seconds)
         same = same and texts == [r["completion"] for r in out]
+    return _rates_result("transformers", "plain generate", recon_rates, base_rates, same)
+
+
+def _rates_result(engine: str, plain: str, recon_rates: list[float], base_rates: list[float], same: bool) -> dict:
+    """Best tokens/s of each side (interleaved repeats) as a result row; says whether the texts matched."""
     print(
-        f"sample transformers: recon and plain generate produced {'identical' if same else 'DIFFERENT'} "
+        f"sample {engine}: recon and {plain} produced {'identical' if same else 'DIFFERENT'} "
         "completions from the same seeds"
     )
     recon, base = max(recon_rates), max(base_rates)
     return {
-        "benchmark": "sample transformers tokens/s",
+        "benchmark": f"sample {engine} tokens/s",
         "recon": recon,
         "baseline": base,
         "unit": "tok/s",
@@ -229,19 +234,7 @@ def bench_vllm(rows, params, repeats) -> dict | None:
         base_rates.append(sum(len(o.token_ids) for r in outs for o in r.outputs) / seconds)
         texts = [o.text for r in outs for o in sorted(r.outputs, key=lambda o: o.index)]
         same = same and texts == [r["completion"] for r in out]
-    print(
-        f"sample vllm: recon and plain LLM.generate produced {'identical' if same else 'DIFFERENT'} "
-        "completions from the same seeds"
-    )
-    recon, base = max(recon_rates), max(base_rates)
-    return {
-        "benchmark": "sample vllm tokens/s",
-        "recon": recon,
-        "baseline": base,
-        "unit": "tok/s",
-        "ratio": recon / base,
-        "target": 0.95,
-    }
+    return _rates_result("vllm", "plain LLM.generate", recon_rates, base_rates, same)
 
 
 def run(quick: bool) -> list[dict]:
